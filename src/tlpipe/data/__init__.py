@@ -1,0 +1,1 @@
+"""Data: sources, downloads, manifests and splitting, decoding, transforms."""

@@ -1,0 +1,114 @@
+"""Metrics (scikit-learn), confusion matrix and training-curve figures (matplotlib)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from sklearn.metrics import classification_report, confusion_matrix, f1_score  # noqa: E402
+
+from .atomic import atomic_path  # noqa: E402
+
+
+def _r(x: float) -> float:
+    """Round for stable, readable metrics files."""
+    return round(float(x), 6)
+
+
+def compute(targets: torch.Tensor, logits: torch.Tensor, names: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, loss, macro-F1 and per-class precision/recall/F1 of one labelled set."""
+    y = targets.numpy()
+    pred = logits.argmax(1).numpy()
+    labels = list(range(len(names)))
+    loss = torch.nn.functional.cross_entropy(logits, targets).item()
+    rep = classification_report(y, pred, labels=labels, target_names=list(names), output_dict=True, zero_division=0)
+    per_class = {n: {k: _r(rep[n][k]) for k in ("precision", "recall", "f1-score")} | {"support": int(rep[n]["support"])}
+                 for n in names}
+    return {
+        "accuracy": _r((pred == y).mean()),
+        "loss": _r(loss),
+        "macro_f1": _r(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+        "n_images": int(len(y)),
+        "per_class": per_class,
+    }
+
+
+def report_text(targets: torch.Tensor, logits: torch.Tensor, names: Sequence[str]) -> str:
+    labels = list(range(len(names)))
+    return classification_report(targets.numpy(), logits.argmax(1).numpy(), labels=labels,
+                                 target_names=list(names), digits=4, zero_division=0)
+
+
+def report_dict(targets: torch.Tensor, logits: torch.Tensor, names: Sequence[str]) -> dict[str, Any]:
+    labels = list(range(len(names)))
+    rep = classification_report(targets.numpy(), logits.argmax(1).numpy(), labels=labels,
+                                target_names=list(names), output_dict=True, zero_division=0)
+    return {k: ({m: _r(v) for m, v in val.items()} if isinstance(val, dict) else _r(val)) for k, val in rep.items()}
+
+
+def write_confusion_csv(path: str | Path, targets: torch.Tensor, logits: torch.Tensor, names: Sequence[str]) -> None:
+    """One row per image (actual,predicted): the data DVC's confusion template expects."""
+    pred = logits.argmax(1).tolist()
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["actual", "predicted"])
+        for t, p in zip(targets.tolist(), pred):
+            w.writerow([names[t], names[p]])
+
+
+def confusion_png(path: str | Path, targets: torch.Tensor, logits: torch.Tensor, names: Sequence[str], title: str) -> None:
+    """Confusion matrix with the count written in every cell, rows normalised for colour."""
+    cm = confusion_matrix(targets.numpy(), logits.argmax(1).numpy(), labels=list(range(len(names))))
+    share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    side = max(4.0, 0.6 * len(names) + 2.0)
+    fig, ax = plt.subplots(figsize=(side + 1, side), dpi=110)
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=9,
+                    color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of actual class")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def write_history_csv(path: str | Path, history: list[dict[str, float]]) -> None:
+    cols = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(cols)
+        for rec in history:
+            w.writerow([int(rec["epoch"])] + [f"{rec[c]:.6g}" for c in cols[1:]])
+
+
+def curves_png(path: str | Path, history: list[dict[str, float]], title: str, best_epoch: int) -> None:
+    """Loss and accuracy per epoch, train and validation, the kept epoch marked."""
+    ep = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    for ax, key, label in ((a, "loss", "loss"), (b, "acc", "accuracy")):
+        ax.plot(ep, [h[f"train_{key}"] for h in history], "o-", label="train", markersize=3)
+        ax.plot(ep, [h[f"val_{key}"] for h in history], "s-", label="validation", markersize=3)
+        ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"kept (epoch {best_epoch})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

@@ -1,0 +1,184 @@
+"""Load and validate params.yaml: unknown, missing or mistyped keys are errors naming the key."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .errors import PipelineError
+
+Check = Callable[[str, Any], None]
+
+
+@dataclass(frozen=True)
+class Field:
+    """One params key: accepted types and an optional value check."""
+
+    types: tuple[type, ...]
+    check: Check | None = None
+
+
+def _positive(key: str, v: Any) -> None:
+    if v <= 0:
+        raise PipelineError(f"params: {key} must be > 0, got {v!r}")
+
+
+def _non_negative(key: str, v: Any) -> None:
+    if v < 0:
+        raise PipelineError(f"params: {key} must be >= 0, got {v!r}")
+
+
+def _fraction(key: str, v: Any) -> None:
+    if not 0 <= v <= 1:
+        raise PipelineError(f"params: {key} must be between 0 and 1, got {v!r}")
+
+
+def _one_of(*choices: str) -> Check:
+    def check(key: str, v: Any) -> None:
+        if v not in choices:
+            raise PipelineError(f"params: {key} must be one of {', '.join(choices)}; got {v!r}")
+
+    return check
+
+
+NUM = (int, float)
+PHASE: dict[str, Any] = {
+    "epochs": Field((int,), _positive),
+    "batch_size": Field((int,), _positive),
+    "optimizer": Field((str,), _one_of("adam", "adamw", "sgd")),
+    "lr": Field(NUM, _positive),
+    "weight_decay": Field(NUM, _non_negative),
+    "momentum": Field(NUM, _fraction),
+    "label_smoothing": Field(NUM, _fraction),
+    "scheduler": Field((str,), _one_of("none", "step", "cosine")),
+    "step_size": Field((int,), _positive),
+    "gamma": Field(NUM, _positive),
+    "feature_views": Field((int,), _positive),
+    "unfreeze_blocks": Field((int,), _non_negative),
+    "bn_train": Field((bool,)),
+    "backbone_lr_mult": Field(NUM, _positive),
+}
+HEAD_PHASE = {k: v for k, v in PHASE.items() if k not in ("unfreeze_blocks", "bn_train", "backbone_lr_mult")}
+TUNE_PHASE = {k: v for k, v in PHASE.items() if k != "feature_views"}
+
+SCHEMA: dict[str, Any] = {
+    "seed": Field((int,), _non_negative),
+    "device": Field((str,), _one_of("auto", "cpu", "cuda")),
+    "data": {
+        "dataset": Field((str,), _one_of("digits", "gtsrb")),
+        "url": Field((str,)),
+        "sha256": Field((str,)),
+        "max_per_class": Field((int,), _non_negative),
+        "known_classes": Field((dict,)),
+    },
+    "split": {
+        "train": Field(NUM, _fraction),
+        "valid": Field(NUM, _fraction),
+        "test": Field(NUM, _fraction),
+        "by_group": Field((bool,)),
+    },
+    "model": {
+        "backbone": Field((str,)),
+        "weights": Field((str,), _one_of("imagenet", "none")),
+        "input_size": Field((int,), _positive),
+        "channels_last": Field((bool,)),
+    },
+    "augment": {
+        "crop_scale_min": Field(NUM, _fraction),
+        "rotation": Field(NUM, _non_negative),
+        "hflip": Field(NUM, _fraction),
+        "color_jitter": Field(NUM, _non_negative),
+    },
+    "train_head": HEAD_PHASE,
+    "finetune": TUNE_PHASE,
+    "unknown": {
+        "classes": Field((list, str)),
+        "train_images": Field((int,), _non_negative),
+        "valid_images": Field((int,), _non_negative),
+        "test_images": Field((int,), _non_negative),
+    },
+    "retrain": {"head": HEAD_PHASE, "finetune": TUNE_PHASE},
+    "evaluate": {"batch_size": Field((int,), _positive)},
+    "tracking": {"experiment": Field((str,))},
+}
+
+
+def _suggest(key: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(key, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _validate(node: dict[str, Any], schema: dict[str, Any], prefix: str) -> None:
+    for key in node:
+        if key not in schema:
+            raise PipelineError(f"params: unknown key {prefix}{key!s}{_suggest(str(key), list(schema))}")
+    for key, spec in schema.items():
+        full = f"{prefix}{key}"
+        if key not in node:
+            raise PipelineError(f"params: missing key {full}")
+        value = node[key]
+        if isinstance(spec, dict):
+            if not isinstance(value, dict):
+                raise PipelineError(f"params: {full} must be a mapping, got {type(value).__name__}")
+            _validate(value, spec, f"{full}.")
+            continue
+        ok = isinstance(value, spec.types) and not (isinstance(value, bool) and bool not in spec.types)
+        if not ok:
+            want = " or ".join(t.__name__ for t in spec.types)
+            raise PipelineError(f"params: {full} must be {want}, got {type(value).__name__} {value!r}")
+        if spec.check:
+            spec.check(full, value)
+
+
+def _cross_checks(p: dict[str, Any]) -> None:
+    s = p["split"]
+    total = s["train"] + s["valid"] + s["test"]
+    if abs(total - 1.0) > 1e-6:
+        raise PipelineError(f"params: split.train + split.valid + split.test must sum to 1, got {total:g}")
+    if len(p["data"]["known_classes"]) < 2:
+        raise PipelineError("params: data.known_classes needs at least two classes")
+    classes = p["unknown"]["classes"]
+    if isinstance(classes, str) and classes != "rest":
+        raise PipelineError(f"params: unknown.classes must be a list of class ids or 'rest', got {classes!r}")
+
+
+def validate(params: dict[str, Any]) -> dict[str, Any]:
+    """Check a params mapping against SCHEMA; return it unchanged."""
+    if not isinstance(params, dict):
+        raise PipelineError("params: the file must hold a mapping at top level")
+    _validate(params, SCHEMA, "")
+    _cross_checks(params)
+    return params
+
+
+def load(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"params: file not found: {path}")
+    try:
+        params = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"params: {path} is not valid YAML: {exc}".splitlines()[0]) from exc
+    return validate(params)
+
+
+def known_classes(data: dict[str, Any]) -> dict[str, str]:
+    """Map dataset label id (as string) to readable name, in params order."""
+    return {str(k): str(v) for k, v in data["known_classes"].items()}
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested params to dotted keys (for MLflow)."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and key != "known_classes":
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out

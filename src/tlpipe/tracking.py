@@ -1,0 +1,91 @@
+"""The one place that talks to MLflow: URI, experiment, run naming, params, metrics, artifacts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import PipelineError
+from .params import flatten
+
+
+def tracking_uri(root: Path) -> str:
+    """MLFLOW_TRACKING_URI when set, else a sqlite file in the repository root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def run_name(stage: str) -> str:
+    return f"{os.environ.get('DVC_EXP_NAME') or 'workspace'}-{stage}"
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+class Tracker:
+    """Thin handle over the active MLflow run."""
+
+    def __init__(self, mlflow_module: Any):
+        self._mlflow = mlflow_module
+
+    def epoch(self, rec: dict[str, float], prefix: str = "") -> None:
+        step = int(rec["epoch"])
+        self._mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in rec.items() if k != "epoch"}, step=step)
+
+    def metrics(self, values: dict[str, Any], prefix: str = "") -> None:
+        flat = {f"{prefix}{k}": float(v) for k, v in flatten(values).items() if isinstance(v, (int, float))}
+        self._mlflow.log_metrics({k.replace("-", "_").replace(" ", "_"): v for k, v in flat.items()})
+
+    def artifact(self, path: str | Path, folder: str | None = None) -> None:
+        if Path(path).exists():
+            self._mlflow.log_artifact(str(path), artifact_path=folder)
+
+
+def _experiment(mlflow: Any, name: str, root: Path) -> None:
+    if mlflow.get_experiment_by_name(name) is None:
+        location = None
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            location = (root / "mlartifacts").resolve().as_uri()
+        try:
+            mlflow.create_experiment(name, artifact_location=location)
+        except Exception:  # noqa: BLE001 - a concurrent stage may have created it first
+            if mlflow.get_experiment_by_name(name) is None:
+                raise
+    mlflow.set_experiment(name)
+
+
+@contextmanager
+def stage_run(stage: str, params: dict[str, Any], experiment: str, root: Path = Path(".")) -> Iterator[Tracker]:
+    """One MLflow run for a stage: params, tags; FAILED if the block raises. Fails early if unreachable."""
+    import mlflow
+
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    try:
+        _experiment(mlflow, experiment, root)
+        run = mlflow.start_run(run_name=run_name(stage))
+    except Exception as exc:  # noqa: BLE001
+        raise PipelineError(f"mlflow: tracking store {uri} is not usable: {str(exc).splitlines()[0][:200]}") from exc
+    try:
+        mlflow.set_tags({"stage": stage, "git_commit": git_commit(root),
+                         "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "workspace")})
+        flat = {k: str(v)[:500] for k, v in flatten(params).items()}
+        items = list(flat.items())
+        for i in range(0, len(items), 90):
+            mlflow.log_params(dict(items[i : i + 90]))
+        yield Tracker(mlflow)
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
+    finally:
+        if run is not None and mlflow.active_run() is not None:
+            mlflow.end_run(status="FAILED")

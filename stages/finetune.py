@@ -1,0 +1,37 @@
+"""Stage finetune: from the head checkpoint, unfreeze the last blocks and train with a lower lr."""
+
+import argparse
+from pathlib import Path
+
+import _path  # noqa: F401
+
+from tlpipe import checkpoint, params as P, tracking, workflow
+from tlpipe.stage import entry
+from tlpipe.training import Phase, set_seed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--split", type=Path, default=Path("data/split"))
+    ap.add_argument("--raw", type=Path, default=Path("data/raw"))
+    ap.add_argument("--init", type=Path, default=Path("models/head.pt"))
+    args = ap.parse_args()
+    p = P.load()
+    set_seed(p["seed"])
+    classes = workflow.read_classes(args.split)
+    pp = workflow.preproc(p["model"], p["augment"], p["device"])
+    used = {k: p[k] for k in ("seed", "device", "model", "augment", "finetune")}
+    with tracking.stage_run("finetune", used, p["tracking"]["experiment"]) as tr:
+        net, _ = checkpoint.restore(args.init, p["model"]["backbone"])
+        train = workflow.load_data(args.split / "train.csv", args.raw, classes, pp.size)
+        valid = workflow.load_data(args.split / "valid.csv", args.raw, classes, pp.size)
+        res, hist = workflow.run_phases(net, [("finetune", Phase.from_params(p["finetune"]))], train, valid, pp, tr)
+        meta = workflow.meta_for(p["model"], classes, pp, {"stage": "finetune"})
+        workflow.save_training(Path("models"), "finetuned", net, meta, res, hist, Path("metrics/finetune.json"),
+                               Path("plots"), tr)
+    print(f"finetune: best epoch {res.best_epoch}, val_acc {res.best_val_acc:.4f} -> models/finetuned.pt, "
+          f"metrics/finetune.json, plots/finetuned.png")
+
+
+if __name__ == "__main__":
+    entry(main)
