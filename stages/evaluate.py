@@ -22,8 +22,7 @@ def main() -> None:
     p = P.load()
     set_seed(p["seed"])
     classes = workflow.read_classes(args.split)
-    used = {k: p[k] for k in ("seed", "device", "evaluate")}
-    with tracking.stage_run(f"evaluate_{args.name}", used, p["tracking"]["experiment"]) as tr:
+    with tracking.stage_run(f"evaluate_{args.name}", p, p["tracking"]["experiment"]) as tr:
         net, meta = checkpoint.restore(args.model)
         if meta["classes"] != classes:
             raise PipelineError(f"checkpoint {args.model}: classes {meta['classes']} differ from {args.split}")

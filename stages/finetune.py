@@ -20,8 +20,7 @@ def main() -> None:
     set_seed(p["seed"])
     classes = workflow.read_classes(args.split)
     pp = workflow.preproc(p["model"], p["augment"], p["device"])
-    used = {k: p[k] for k in ("seed", "device", "model", "augment", "finetune")}
-    with tracking.stage_run("finetune", used, p["tracking"]["experiment"]) as tr:
+    with tracking.stage_run("finetune", p, p["tracking"]["experiment"]) as tr:
         net, _ = checkpoint.restore(args.init, p["model"]["backbone"])
         train = workflow.load_data(args.split / "train.csv", args.raw, classes, pp.size)
         valid = workflow.load_data(args.split / "valid.csv", args.raw, classes, pp.size)

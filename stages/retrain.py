@@ -20,8 +20,7 @@ def main() -> None:
     set_seed(p["seed"])
     classes = workflow.read_classes(args.split)
     pp = workflow.preproc(p["model"], p["augment"], p["device"])
-    used = {k: p[k] for k in ("seed", "device", "model", "augment", "retrain")}
-    with tracking.stage_run("retrain", used, p["tracking"]["experiment"]) as tr:
+    with tracking.stage_run("retrain", p, p["tracking"]["experiment"]) as tr:
         net, meta0 = checkpoint.restore(args.init, p["model"]["backbone"])
         models.replace_head(net, len(classes), keep_rows=len(meta0["classes"]))
         train = workflow.load_data(args.split / "train.csv", args.raw, classes, pp.size)

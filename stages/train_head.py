@@ -19,8 +19,7 @@ def main() -> None:
     set_seed(p["seed"])
     classes = workflow.read_classes(args.split)
     pp = workflow.preproc(p["model"], p["augment"], p["device"])
-    used = {k: p[k] for k in ("seed", "device", "model", "augment", "train_head")}
-    with tracking.stage_run("train_head", used, p["tracking"]["experiment"]) as tr:
+    with tracking.stage_run("train_head", p, p["tracking"]["experiment"]) as tr:
         train = workflow.load_data(args.split / "train.csv", args.raw, classes, pp.size)
         valid = workflow.load_data(args.split / "valid.csv", args.raw, classes, pp.size)
         net = models.build(p["model"]["backbone"], len(classes), p["model"]["weights"] == "imagenet")
