@@ -1,4 +1,8 @@
-"""Stage add_unknown_class: whole groups of classes outside the task become `unknown`; known rows keep their split."""
+"""Stage add_unknown_class: whole groups of classes outside the task become `unknown`; known rows keep their split.
+
+Classes in unknown.holdout_classes are never trained or validated on: they only appear in test,
+to measure how the model treats unknown kinds of images it has never seen.
+"""
 
 import argparse
 from pathlib import Path
@@ -8,7 +12,6 @@ import _path  # noqa: F401
 from tlpipe import params as P
 from tlpipe.atomic import atomic_dir, write_json
 from tlpipe.data import manifest
-from tlpipe.errors import PipelineError
 from tlpipe.stage import entry
 
 
@@ -22,29 +25,21 @@ def main() -> None:
     known = P.known_classes(p["data"])
     u = p["unknown"]
     rows = manifest.read(args.index)
-    if u["classes"] == "rest":
-        pool_ids = sorted({r["label"] for r in rows} - set(known))
-    else:
-        pool_ids = [str(c) for c in u["classes"]]
-        bad = [c for c in pool_ids if c in known]
-        if bad:
-            raise PipelineError(f"params: unknown.classes {bad} are also in data.known_classes")
-    pool = [r for r in rows if r["label"] in set(pool_ids)]
-    if not pool:
-        raise PipelineError(f"params: unknown.classes {pool_ids} have no images in {args.index}")
-    quotas = {s: u[f"{s}_images"] for s in manifest.SPLITS}
-    chosen = manifest.select_unknown(pool, quotas, p["seed"])
-    classes = [*P.known_classes(p["data"]).values(), manifest.UNKNOWN]
+    seen, held = manifest.unknown_ids({r["label"] for r in rows}, set(known), u["classes"], u["holdout_classes"])
+    known_splits = {s: manifest.read(args.split / f"{s}.csv") for s in manifest.SPLITS}
+    merged = manifest.with_unknown(
+        known_splits, [r for r in rows if r["label"] in set(seen)], [r for r in rows if r["label"] in set(held)],
+        {s: u[f"{s}_images"] for s in manifest.SPLITS}, u["holdout_test_images"], p["seed"])
+    report = manifest.leakage_report(merged)
     with atomic_dir(args.out) as tmp:
         for s in manifest.SPLITS:
-            merged = manifest.read(args.split / f"{s}.csv") + chosen[s]
-            manifest.write(tmp / f"{s}.csv", merged, extra=("origin",))
-        write_json(tmp / "classes.json", {"classes": classes, "ids": [*known.keys(), "unknown"],
-                                          "unknown_ids": pool_ids})
-        write_json(tmp / "split_report.json", manifest.leakage_report(
-            {s: manifest.read(tmp / f"{s}.csv") for s in manifest.SPLITS}))
-    counts = {s: len(v) for s, v in chosen.items()}
-    print(f"add_unknown_class: unknown images per split {counts} from classes {pool_ids} -> {args.out}/")
+            manifest.write(tmp / f"{s}.csv", merged[s], extra=("origin",))
+        write_json(tmp / "classes.json", {"classes": [*known.values(), manifest.UNKNOWN],
+                                          "ids": [*known.keys(), manifest.UNKNOWN],
+                                          "unknown_ids": seen, "holdout_ids": held})
+        write_json(tmp / "split_report.json", report)
+    counts = {s: sum(r["label"] == manifest.UNKNOWN for r in merged[s]) for s in manifest.SPLITS}
+    print(f"add_unknown_class: unknown images per split {counts} (seen classes {seen}, held-out {held}) -> {args.out}/")
 
 
 if __name__ == "__main__":

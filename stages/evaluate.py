@@ -1,52 +1,78 @@
-"""Stage evaluate: test-split metrics, classification report, confusion matrix (CSV for DVC + PNG)."""
+"""Stage evaluate: closed-set metrics and reports, calibration, and open-set recognition on the test split.
+
+The test split of data/split_unknown holds the known classes' test images, unknown images of the
+classes retrain saw, and images of held-out classes nobody trained on. A model without an
+`unknown` class is measured on the known images (closed set) and rejects by a score threshold
+chosen on validation; a model with one is measured on known + seen-unknown images and rejects by
+predicting `unknown`. Both are scored on known-vs-unknown separation in one table.
+"""
 
 import argparse
 from pathlib import Path
 
 import _path  # noqa: F401
 
-from tlpipe import checkpoint, evaluation, params as P, tracking, workflow
+from tlpipe import calibration, checkpoint, evaluation, openset, params as P, tracking, workflow
 from tlpipe.atomic import write_json, write_text
-from tlpipe.errors import PipelineError
+from tlpipe.data import manifest
 from tlpipe.stage import entry
-from tlpipe.training import predict_logits, resolve_device, set_seed
+from tlpipe.training import resolve_device, set_seed
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--name", required=True)
     ap.add_argument("--model", type=Path, required=True)
-    ap.add_argument("--split", type=Path, required=True)
+    ap.add_argument("--split", type=Path, default=Path("data/split_unknown"))
+    ap.add_argument("--cache", type=Path, default=Path("data/cache/split_unknown"))
     ap.add_argument("--raw", type=Path, default=Path("data/raw"))
     args = ap.parse_args()
     p = P.load()
     set_seed(p["seed"])
-    classes = workflow.read_classes(args.split)
+    info = workflow.read_split_info(args.split)
     with tracking.stage_run(f"evaluate_{args.name}", p, p["tracking"]["experiment"]) as tr:
         net, meta = checkpoint.restore(args.model)
-        if meta["classes"] != classes:
-            raise PipelineError(f"checkpoint {args.model}: classes {meta['classes']} differ from {args.split}")
+        classes, t = meta["classes"], float(meta.get("temperature", 1.0))
         pp = workflow.preproc({"backbone": meta["backbone"], "input_size": meta["input_size"],
                                "channels_last": False}, {}, p["device"])
-        test = workflow.load_data(args.split / "test.csv", args.raw, classes, pp.size)
         net.to(resolve_device(p["device"]))
-        logits = predict_logits(net, test.images, pp, p["evaluate"]["batch_size"])
-        metrics = evaluation.compute(test.targets, logits, classes)
-        reports = Path("reports") / args.name
-        write_text(reports / "classification_report.txt", evaluation.report_text(test.targets, logits, classes))
-        write_json(reports / "classification_report.json", evaluation.report_dict(test.targets, logits, classes))
-        evaluation.write_confusion_csv(Path("plots") / f"confusion_{args.name}.csv", test.targets, logits, classes)
-        evaluation.confusion_png(Path("plots") / f"confusion_{args.name}.png", test.targets, logits, classes,
-                                 f"{args.name} model on the test split (n={len(test.targets)})")
+        holdout = set(info.get("holdout_ids", []))
+        score = lambda split: workflow.score_split(net, args.split, split, args.raw, args.cache,  # noqa: E731
+                                                   classes, holdout, pp, p["evaluate"]["batch_size"])
+        test, valid = score("test"), score("valid")
+        keep = workflow.closed_set(test, classes)
+        logits, target = test.logits[keep], test.target[keep]
+        metrics = evaluation.compute(target, logits, classes)
+        metrics["calibration"] = {
+            "temperature": round(t, 6),
+            "ece": round(calibration.ece(logits.softmax(1), target), 6),
+            "ece_scaled": round(calibration.ece((logits / t).softmax(1), target), 6),
+        }
+        metrics["open_set"] = workflow.open_set_report(test, valid, classes, t)
+        reports, plots = Path("reports") / args.name, Path("plots")
+        write_text(reports / "classification_report.txt", evaluation.report_text(target, logits, classes))
+        write_json(reports / "classification_report.json", evaluation.report_dict(target, logits, classes))
+        evaluation.write_confusion_csv(plots / f"confusion_{args.name}.csv", target, logits, classes)
+        evaluation.confusion_png(plots / f"confusion_{args.name}.png", target, logits, classes,
+                                 f"{args.name} model, test split (n={len(target)})")
+        calibration.reliability_png(plots / f"reliability_{args.name}.png", logits, target, t,
+                                    f"{args.name} model: reliability on test")
+        primary = metrics["open_set"]["primary_score"]
+        unk = classes.index(manifest.UNKNOWN) if manifest.UNKNOWN in classes else None
+        evaluation.write_roc_csv(plots / f"roc_{args.name}.csv", test.kind == "known",
+                                 openset.scores(test.logits, t, unk)[primary].numpy())
         metrics_path = Path("metrics") / f"evaluate_{args.name}.json"
         write_json(metrics_path, metrics)
         tr.metrics({k: v for k, v in metrics.items() if k != "per_class"}, prefix="test_")
         tr.metrics(metrics["per_class"], prefix="test_")
         for f in (metrics_path, reports / "classification_report.txt", reports / "classification_report.json",
-                  Path("plots") / f"confusion_{args.name}.png"):
+                  plots / f"confusion_{args.name}.png", plots / f"reliability_{args.name}.png"):
             tr.artifact(f)
-    print(f"evaluate {args.name}: test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
-          f"-> {metrics_path}, {reports}/, plots/confusion_{args.name}.png")
+    os_ = metrics["open_set"]
+    print(f"evaluate {args.name}: test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
+          f"ECE {metrics['calibration']['ece']:.4f} -> {metrics['calibration']['ece_scaled']:.4f} (T={t:.2f}), "
+          f"{primary} AUROC {os_['scores'][primary]['auroc']:.4f}, unseen-unknown recall "
+          f"{(os_.get('unseen') or {}).get('unknown_recall')} -> {metrics_path}, {reports}/, plots/")
 
 
 if __name__ == "__main__":

@@ -154,8 +154,9 @@ def test_gtsrb_tiny_over_loopback(tmp_path: Path) -> None:
                           "data.sha256": TINY_SHA,
                           "data.known_classes": {12: "priority_road", 13: "give_way", 14: "stop", 17: "no_entry"},
                           "split.by_group": False,  # the fixture has two tracks per class
-                          "unknown.classes": [1, 25, 38], "unknown.train_images": 60,
-                          "unknown.valid_images": 30, "unknown.test_images": 30})
+                          "unknown.classes": [1, 25], "unknown.train_images": 60,
+                          "unknown.valid_images": 30, "unknown.test_images": 30,
+                          "unknown.holdout_classes": [38], "unknown.holdout_test_images": 30})
         commit(repo, "gtsrb tiny")
         dvc("repro", cwd=repo)
     index = (repo / "data/raw/index.csv").read_text().splitlines()

@@ -112,3 +112,15 @@ def curves_png(path: str | Path, history: list[dict[str, float]], title: str, be
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def write_roc_csv(path: str | Path, is_known: np.ndarray, score: np.ndarray) -> None:
+    """ROC points (fpr, tpr) of a known-vs-unknown score, for DVC's linear plot template."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(is_known, score)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["fpr", "tpr"])
+        for a, b in zip(fpr, tpr):
+            w.writerow([f"{a:.6f}", f"{b:.6f}"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -22,17 +23,25 @@ class Field:
     check: Check | None = None
 
 
+def _finite(key: str, v: Any) -> None:
+    if isinstance(v, float) and not math.isfinite(v):
+        raise PipelineError(f"params: {key} must be a finite number, got {v!r}")
+
+
 def _positive(key: str, v: Any) -> None:
+    _finite(key, v)
     if v <= 0:
         raise PipelineError(f"params: {key} must be > 0, got {v!r}")
 
 
 def _non_negative(key: str, v: Any) -> None:
+    _finite(key, v)
     if v < 0:
         raise PipelineError(f"params: {key} must be >= 0, got {v!r}")
 
 
 def _fraction(key: str, v: Any) -> None:
+    _finite(key, v)
     if not 0 <= v <= 1:
         raise PipelineError(f"params: {key} must be between 0 and 1, got {v!r}")
 
@@ -100,6 +109,8 @@ SCHEMA: dict[str, Any] = {
         "train_images": Field((int,), _non_negative),
         "valid_images": Field((int,), _non_negative),
         "test_images": Field((int,), _non_negative),
+        "holdout_classes": Field((list,)),
+        "holdout_test_images": Field((int,), _non_negative),
     },
     "retrain": {"head": HEAD_PHASE, "finetune": TUNE_PHASE},
     "evaluate": {"batch_size": Field((int,), _positive)},

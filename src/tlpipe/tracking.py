@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +30,11 @@ def git_commit(root: Path) -> str:
         return ""
 
 
+def metric_key(name: str) -> str:
+    """MLflow accepts letters, digits, '_', '-', '.', ' ' and '/' in metric names; map the rest to '_'."""
+    return re.sub(r"[^A-Za-z0-9_\-./]", "_", name.replace(" ", "_"))
+
+
 class Tracker:
     """Thin handle over the active MLflow run."""
 
@@ -41,18 +47,16 @@ class Tracker:
 
     def metrics(self, values: dict[str, Any], prefix: str = "") -> None:
         flat = {f"{prefix}{k}": float(v) for k, v in flatten(values).items() if isinstance(v, (int, float))}
-        self._mlflow.log_metrics({k.replace("-", "_").replace(" ", "_"): v for k, v in flat.items()})
+        self._mlflow.log_metrics({metric_key(k): v for k, v in flat.items()})
 
     def artifact(self, path: str | Path, folder: str | None = None) -> None:
         if Path(path).exists():
             self._mlflow.log_artifact(str(path), artifact_path=folder)
 
 
-def _experiment(mlflow: Any, name: str, root: Path) -> None:
+def _experiment(mlflow: Any, name: str, root: Path, local: bool) -> None:
     if mlflow.get_experiment_by_name(name) is None:
-        location = None
-        if not os.environ.get("MLFLOW_TRACKING_URI"):
-            location = (root / "mlartifacts").resolve().as_uri()
+        location = (root / "mlartifacts").resolve().as_uri() if local else None
         try:
             mlflow.create_experiment(name, artifact_location=location)
         except Exception:  # noqa: BLE001 - a concurrent stage may have created it first
@@ -66,10 +70,12 @@ def stage_run(stage: str, params: dict[str, Any], experiment: str, root: Path = 
     """One MLflow run for a stage: params, tags; FAILED if the block raises. Fails early if unreachable."""
     import mlflow
 
+    env_uri = os.environ.get("MLFLOW_TRACKING_URI")
     uri = tracking_uri(root)
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(uri)  # note: MLflow also exports it to the environment
+    run = None
     try:
-        _experiment(mlflow, experiment, root)
+        _experiment(mlflow, experiment, root, local=not env_uri)
         run = mlflow.start_run(run_name=run_name(stage))
     except Exception as exc:  # noqa: BLE001
         raise PipelineError(f"mlflow: tracking store {uri} is not usable: {str(exc).splitlines()[0][:200]}") from exc
@@ -89,3 +95,5 @@ def stage_run(stage: str, params: dict[str, Any], experiment: str, root: Path = 
     finally:
         if run is not None and mlflow.active_run() is not None:
             mlflow.end_run(status="FAILED")
+        if env_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)

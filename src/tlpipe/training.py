@@ -14,7 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import models
-from .data.transforms import augment_batch, normalize, train_augment
+from .data.transforms import BatchAugment, normalize
 
 EpochHook = Callable[[dict[str, float]], None]
 
@@ -82,6 +82,11 @@ def set_seed(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def _generator() -> torch.Generator:
+    """A CPU generator derived from the global seed (set_seed), for batch order and augmentation."""
+    return torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -89,7 +94,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _prep(x: torch.Tensor, pp: Preproc) -> torch.Tensor:
-    x = normalize(x.to(pp.device), pp.mean, pp.std)
+    x = normalize(x.to(pp.device), pp.mean, pp.std)  # uint8, or float in [0, 1] from BatchAugment
     return x.contiguous(memory_format=torch.channels_last) if pp.channels_last else x
 
 
@@ -101,10 +106,8 @@ def run_groups(net: models.Net, images: torch.Tensor, pp: Preproc, batch: int, s
     outs = []
     steps = range(0, len(images), batch)
     for i in tqdm(steps, desc=desc or "features", disable=not desc or len(steps) < 4, mininterval=2.0):
-        x = images[i : i + batch]
-        if tf is not None:
-            x = augment_batch(x, tf)
-        x = _prep(x, pp)
+        x = images[i : i + batch].to(pp.device)
+        x = _prep(tf(x) if tf is not None else x, pp)
         outs.append(net.features(x) if stop is None else net.forward_groups(x, 0, stop))
     return torch.cat(outs) if outs else torch.empty(0)
 
@@ -167,7 +170,7 @@ def fit_head(net: models.Net, train: Data, valid: Data, ph: Phase, pp: Preproc,
              hook: EpochHook | None = None) -> FitResult:
     """Frozen backbone: cache pooled features once (K views), then train only the head on them."""
     models.freeze(net, 0)
-    tf = train_augment(pp.augment, pp.size)
+    tf = BatchAugment(pp.augment, _generator())
     views = [run_groups(net, train.images, pp, 128, None, tf if v else None, desc=f"features view {v}")
              for v in range(ph.feature_views)]
     feats = torch.stack(views)  # V, N, D
@@ -176,7 +179,7 @@ def fit_head(net: models.Net, train: Data, valid: Data, ph: Phase, pp: Preproc,
     loss_fn = nn.CrossEntropyLoss(label_smoothing=ph.label_smoothing)
     opt = _optimizer([{"params": net.head.parameters()}], ph)
     sched = _scheduler(opt, ph)
-    gen = torch.Generator().manual_seed(int(torch.initial_seed()) % (2**31))
+    gen = _generator()
     res = FitResult()
     _start(res, net, *_evaluate_head(net.head, vfeats, vy, loss_fn))
     for epoch in range(1, ph.epochs + 1):
@@ -228,7 +231,7 @@ def fit_partial(net: models.Net, train: Data, valid: Data, ph: Phase, pp: Prepro
                 hook: EpochHook | None = None) -> FitResult:
     """Fine-tune the last `unfreeze_blocks` groups + head; the frozen prefix runs under no_grad."""
     first = models.freeze(net, ph.unfreeze_blocks)
-    tf = train_augment(pp.augment, pp.size)
+    tf = BatchAugment(pp.augment, _generator())
     vprefix = run_groups(net, valid.images, pp, 128, first)  # constant: frozen prefix, no augmentation
     y, vy = train.targets.to(pp.device), valid.targets.to(pp.device)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=ph.label_smoothing)
@@ -236,7 +239,7 @@ def fit_partial(net: models.Net, train: Data, valid: Data, ph: Phase, pp: Prepro
     opt = _optimizer([{"params": net.head.parameters()},
                       {"params": backbone, "lr": ph.lr * ph.backbone_lr_mult}], ph)
     sched = _scheduler(opt, ph)
-    gen = torch.Generator().manual_seed(int(torch.initial_seed()) % (2**31))
+    gen = _generator()
     res = FitResult()
     _start(res, net, *_val_partial(net, vprefix, vy, first, loss_fn))
     for epoch in range(1, ph.epochs + 1):
@@ -246,7 +249,7 @@ def fit_partial(net: models.Net, train: Data, valid: Data, ph: Phase, pp: Prepro
         _set_modes(net, first, ph.bn_train)
         for i in tqdm(steps, desc=f"epoch {epoch}/{ph.epochs}", mininterval=5.0, leave=False):
             idx = order[i : i + ph.batch_size]
-            x = _prep(augment_batch(train.images[idx], tf), pp)
+            x = _prep(tf(train.images[idx].to(pp.device)), pp)
             with torch.no_grad():
                 x = net.forward_groups(x, 0, first)
             logits = _suffix(net, x, first)

@@ -4,36 +4,45 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from . import checkpoint, evaluation, models
+from . import calibration, checkpoint, evaluation, models, openset
 from .atomic import write_json
-from .data import images, manifest
+from .data import cache, manifest
 from .errors import PipelineError
 from .tracking import Tracker
-from .training import Data, FitResult, Phase, Preproc, fit, resolve_device
+from .training import Data, FitResult, Phase, Preproc, fit, predict_logits, resolve_device
 
 
-def read_classes(split_dir: Path) -> list[str]:
+def read_split_info(split_dir: Path) -> dict[str, Any]:
+    """classes.json of a split folder: class names, label ids, unknown and held-out ids."""
     path = split_dir / "classes.json"
     if not path.is_file():
         raise PipelineError(f"classes file not found: {path}")
-    return list(json.loads(path.read_text())["classes"])
+    return json.loads(path.read_text())
 
 
-def load_data(manifest_path: Path, raw: Path, classes: list[str], size: int) -> Data:
-    """Decode a manifest's images once into a uint8 NCHW tensor with class-index targets."""
+def read_classes(split_dir: Path) -> list[str]:
+    return list(read_split_info(split_dir)["classes"])
+
+
+def load_data(split_dir: Path, split: str, raw: Path, classes: list[str], size: int,
+              cache_dir: Path | None = None) -> Data:
+    """A split's images as a uint8 NCHW tensor (from the decoded cache when fresh) with class-index targets."""
+    manifest_path = split_dir / f"{split}.csv"
     rows = manifest.read(manifest_path)
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted({r["label"] for r in rows} - set(index))
     if unknown:
         raise PipelineError(f"manifest {manifest_path}: labels {unknown} are not among the classes {classes}")
-    arr = images.load_array([r["path"] for r in rows], raw, size, desc=f"decode {manifest_path.name}")
+    arr = cache.load(split_dir, split, raw, size, cache_dir)
     targets = torch.tensor([index[r["label"]] for r in rows], dtype=torch.long)
-    return Data(torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), targets)
+    return Data(torch.from_numpy(np.array(arr)).permute(0, 3, 1, 2).contiguous(), targets)
 
 
 def preproc(model: dict[str, Any], augment: dict[str, Any], device: str) -> Preproc:
@@ -78,19 +87,72 @@ def run_phases(net: models.Net, phases: list[tuple[str, Phase]], train: Data, va
     return best, history
 
 
+def temperature(net: models.Net, valid: Data, pp: Preproc) -> float:
+    """Temperature scaling fitted on the validation split."""
+    return calibration.fit_temperature(predict_logits(net, valid.images, pp, 256), valid.targets)
+
+
 def save_training(out_dir: Path, stem: str, net: models.Net, meta: dict[str, Any], res: FitResult,
-                  history: list[dict[str, Any]], metrics_path: Path, plots_dir: Path, tracker: Tracker) -> None:
-    """Best and last checkpoints, metrics JSON, history CSV and curves PNG, all logged to MLflow."""
+                  history: list[dict[str, Any]], valid: Data, pp: Preproc, metrics_path: Path, plots_dir: Path,
+                  tracker: Tracker) -> None:
+    """Best and last checkpoints (with their fitted temperature), metrics JSON, curves; all logged to MLflow."""
     net.load_state_dict(res.last_state)
-    checkpoint.save(out_dir / f"{stem}_last.pt", net, {**meta, "epoch": len(history)})
+    checkpoint.save(out_dir / f"{stem}_last.pt", net,
+                    {**meta, "epoch": len(history), "temperature": temperature(net, valid, pp)})
     net.load_state_dict(res.best_state)
-    checkpoint.save(out_dir / f"{stem}.pt", net, {**meta, "epoch": res.best_epoch})
+    t_best = temperature(net, valid, pp)
+    checkpoint.save(out_dir / f"{stem}.pt", net, {**meta, "epoch": res.best_epoch, "temperature": t_best})
     summary = {"best_epoch": res.best_epoch, "best_val_acc": round(res.best_val_acc, 6),
                "best_val_loss": round(res.best_val_loss, 6), "epochs": len(history),
-               "last_val_acc": round(history[-1]["val_acc"], 6) if history else None}
+               "last_val_acc": round(history[-1]["val_acc"], 6) if history else None,
+               "last_val_loss": round(history[-1]["val_loss"], 6) if history else None,
+               "temperature": round(t_best, 6)}
     write_json(metrics_path, summary)
     evaluation.write_history_csv(plots_dir / f"{stem}.csv", history)
     evaluation.curves_png(plots_dir / f"{stem}.png", history, f"{stem}: loss and accuracy per epoch", res.best_epoch)
     tracker.metrics(summary)
     for p in (metrics_path, plots_dir / f"{stem}.csv", plots_dir / f"{stem}.png"):
         tracker.artifact(p)
+
+
+@dataclass
+class Scored:
+    """A split of the known+unknown manifests, scored by one model."""
+
+    logits: torch.Tensor
+    target: torch.Tensor  # index in the model's classes, -1 where the label is not one of them
+    kind: np.ndarray  # 'known', 'seen' (unknown class trained on) or 'unseen' (held-out class)
+
+
+def score_split(net: models.Net, split_dir: Path, split: str, raw: Path, cache_dir: Path | None,
+                model_classes: list[str], holdout: set[str], pp: Preproc, batch: int) -> Scored:
+    rows = manifest.read(split_dir / f"{split}.csv")
+    index = {c: i for i, c in enumerate(model_classes)}
+    arr = cache.load(split_dir, split, raw, pp.size, cache_dir)
+    images = torch.from_numpy(np.array(arr)).permute(0, 3, 1, 2).contiguous()
+    kind = np.array(["known" if r["label"] != manifest.UNKNOWN else ("unseen" if r.get("origin") in holdout else "seen")
+                     for r in rows])
+    target = torch.tensor([index.get(r["label"], -1) for r in rows], dtype=torch.long)
+    return Scored(predict_logits(net, images, pp, batch), target, kind)
+
+
+def open_set_report(test: Scored, valid: Scored, classes: list[str], t: float) -> dict[str, Any]:
+    """Threshold rejection (no unknown class) or the unknown class itself, against known/unknown images."""
+    unk = classes.index(manifest.UNKNOWN) if manifest.UNKNOWN in classes else None
+    as_dict = lambda s: {"logits": s.logits, "is_known": s.kind == "known", "target": s.target.numpy()}  # noqa: E731
+    table = openset.table(as_dict(test), as_dict(valid), unk, t)
+    primary = "unknown_class" if unk is not None else "msp"
+    score = openset.scores(test.logits, t, unk)[primary].numpy()
+    accepted = score >= table[primary]["threshold"]
+    if unk is not None:
+        accepted = test.logits.argmax(1).numpy() != unk
+    detail = openset.breakdown(test.logits.argmax(1).numpy(), test.target.numpy(), accepted, test.kind)
+    return {"scores": table, "primary_score": primary, **detail}
+
+
+def closed_set(test: Scored, classes: list[str]) -> np.ndarray:
+    """Rows the model's own classes cover: known images, plus seen unknowns for a model with `unknown`."""
+    keep = test.kind == "known"
+    if manifest.UNKNOWN in classes:
+        keep |= test.kind == "seen"
+    return keep

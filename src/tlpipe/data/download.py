@@ -41,6 +41,15 @@ def _copy_file_url(url: str, part: Path) -> None:
     shutil.copyfile(src, part)
 
 
+def _range_start(resp) -> int | None:
+    """First byte offset of a 206 reply's Content-Range ('bytes START-END/TOTAL')."""
+    value = resp.headers.get("Content-Range", "")
+    try:
+        return int(value.split()[1].split("-")[0])
+    except (IndexError, ValueError):
+        return None
+
+
 def _stream(url: str, part: Path, timeout: float) -> None:
     """Append the remaining bytes of `url` to `part`, resuming with a Range request if possible."""
     have = part.stat().st_size if part.exists() else 0
@@ -48,7 +57,7 @@ def _stream(url: str, part: Path, timeout: float) -> None:
     if have:
         req.add_header("Range", f"bytes={have}-")
     with urllib.request.urlopen(req, timeout=timeout) as resp:
-        resumed = have and resp.status == 206
+        resumed = bool(have) and resp.status == 206 and _range_start(resp) == have
         mode = "ab" if resumed else "wb"
         length = resp.headers.get("Content-Length")
         total = (int(length) + (have if resumed else 0)) if length else None
@@ -87,6 +96,7 @@ def fetch(url: str, dest: Path, sha256: str = "", retries: int = 4, timeout: flo
     scheme = _check_scheme(url)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    part.unlink(missing_ok=True)  # resume only within this call: a leftover may be another file's
     if scheme == "file":
         _copy_file_url(url, part)
     else:

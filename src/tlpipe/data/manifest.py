@@ -111,3 +111,30 @@ def select_unknown(pool: list[Row], quotas: dict[str, int], seed: int) -> dict[s
                 if q and len(out[s]) < quotas[s]:
                     out[s].extend({**r, "origin": r["label"], "label": UNKNOWN} for r in q.pop(0))
     return {s: sorted(v, key=lambda r: r["path"]) for s, v in out.items()}
+
+
+def unknown_ids(labels: set[str], known: set[str], classes: list | str, holdout: list) -> tuple[list[str], list[str]]:
+    """(seen, holdout) label ids of the unknown pool; 'rest' means every label that is neither known nor held out."""
+    held = [str(c) for c in holdout]
+    seen = sorted(labels - known - set(held), key=lambda x: (len(x), x)) if classes == "rest" else [str(c) for c in classes]
+    for name, ids in (("unknown.classes", seen), ("unknown.holdout_classes", held)):
+        clash = [c for c in ids if c in known]
+        if clash:
+            raise PipelineError(f"params: {name} {clash} are also in data.known_classes")
+        absent = [c for c in ids if c not in labels]
+        if absent:
+            raise PipelineError(f"params: {name} {absent} have no images in the dataset")
+    both = set(seen) & set(held)
+    if both:
+        raise PipelineError(f"params: unknown.classes and unknown.holdout_classes share {sorted(both)}")
+    if not seen:
+        raise PipelineError("params: unknown.classes selects no class")
+    return seen, held
+
+
+def with_unknown(known_splits: dict[str, list[Row]], pool: list[Row], holdout: list[Row],
+                 quotas: dict[str, int], holdout_test: int, seed: int) -> dict[str, list[Row]]:
+    """Known rows keep their split; seen-unknown groups fill every split, held-out classes only test."""
+    chosen = select_unknown(pool, quotas, seed)
+    held = select_unknown(holdout, {"train": 0, "valid": 0, "test": holdout_test}, seed + 1) if holdout else {}
+    return {s: known_splits[s] + chosen[s] + held.get(s, []) for s in SPLITS}

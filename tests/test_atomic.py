@@ -1,0 +1,129 @@
+"""atomic.py: an output is either complete or absent; no temporary files are left behind."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tlpipe.atomic import atomic_dir, atomic_path, write_json, write_text
+
+
+class Boom(Exception):
+    pass
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_atomic_path_success_writes_and_cleans(tmp_path):
+    out = tmp_path / "sub" / "deeper" / "out.txt"  # parents are created
+    with atomic_path(out) as tmp:
+        assert tmp != out and tmp.parent == out.parent
+        assert not out.exists()  # nothing visible while the block runs
+        tmp.write_text("complete", encoding="utf-8")
+    assert out.read_text(encoding="utf-8") == "complete"
+    assert _leftovers(out.parent) == []
+
+
+def test_atomic_path_failure_leaves_nothing(tmp_path):
+    out = tmp_path / "out.txt"
+    with pytest.raises(Boom):
+        with atomic_path(out) as tmp:
+            tmp.write_text("half", encoding="utf-8")
+            raise Boom()
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_path_failure_keeps_previous_version(tmp_path):
+    out = tmp_path / "out.txt"
+    out.write_text("old", encoding="utf-8")
+    with pytest.raises(Boom):
+        with atomic_path(out) as tmp:
+            tmp.write_text("new but broken", encoding="utf-8")
+            raise Boom()
+    assert out.read_text(encoding="utf-8") == "old"
+    assert _leftovers(tmp_path) == []
+
+
+def test_atomic_path_success_replaces(tmp_path):
+    out = tmp_path / "out.txt"
+    out.write_text("old", encoding="utf-8")
+    with atomic_path(out) as tmp:
+        tmp.write_text("new", encoding="utf-8")
+    assert out.read_text(encoding="utf-8") == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_atomic_path_keyboard_interrupt_leaves_nothing(tmp_path):
+    out = tmp_path / "model.pt"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(out) as tmp:
+            tmp.write_bytes(b"\0" * 100)
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_success_replaces_whole_folder(tmp_path):
+    out = tmp_path / "raw"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an older run", encoding="utf-8")
+    with atomic_dir(out) as tmp:
+        assert tmp.is_dir() and tmp != out
+        (tmp / "index.csv").write_text("path,label,group\n", encoding="utf-8")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "a.png").write_bytes(b"x")
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["index.csv", "sub", "sub/a.png"]
+    assert [p.name for p in tmp_path.iterdir()] == ["raw"]
+
+
+def test_atomic_dir_failure_leaves_no_output(tmp_path):
+    out = tmp_path / "parent" / "raw"
+    with pytest.raises(Boom):
+        with atomic_dir(out) as tmp:
+            (tmp / "part.bin").write_bytes(b"x" * 10)
+            raise Boom()
+    assert not out.exists()
+    assert list(out.parent.iterdir()) == []
+
+
+def test_atomic_dir_failure_keeps_previous_folder(tmp_path):
+    out = tmp_path / "raw"
+    out.mkdir()
+    (out / "good.txt").write_text("keep me", encoding="utf-8")
+    with pytest.raises(Boom):
+        with atomic_dir(out) as tmp:
+            (tmp / "new.txt").write_text("new", encoding="utf-8")
+            raise Boom()
+    assert [p.name for p in out.iterdir()] == ["good.txt"]
+    assert (out / "good.txt").read_text(encoding="utf-8") == "keep me"
+    assert [p.name for p in tmp_path.iterdir()] == ["raw"]
+
+
+def test_write_json_is_sorted_stable_and_newline_terminated(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    write_json(a, {"b": 1, "a": {"z": 2, "y": [1, 2]}})
+    write_json(b, {"a": {"y": [1, 2], "z": 2}, "b": 1})
+    assert a.read_bytes() == b.read_bytes()
+    text = a.read_text(encoding="utf-8")
+    assert text.endswith("}\n")
+    assert text.index('"a"') < text.index('"b"')
+    assert json.loads(text) == {"a": {"y": [1, 2], "z": 2}, "b": 1}
+    assert _leftovers(tmp_path) == []
+
+
+def test_write_json_failure_keeps_old_file(tmp_path):
+    out = tmp_path / "m.json"
+    write_json(out, {"ok": 1})
+    with pytest.raises(TypeError):
+        write_json(out, {"bad": object()})  # not serialisable: fails before anything is written
+    assert json.loads(out.read_text(encoding="utf-8")) == {"ok": 1}
+    assert _leftovers(tmp_path) == []
+
+
+def test_write_text_utf8(tmp_path):
+    out = tmp_path / "r.txt"
+    write_text(out, "Vorfahrt straße ✓\n")
+    assert out.read_bytes() == "Vorfahrt straße ✓\n".encode("utf-8")

@@ -1,0 +1,59 @@
+"""The decoded-image cache gives exactly what direct decoding gives, and goes stale when its inputs change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from tlpipe import models
+from tlpipe.data import cache, images, manifest
+from tlpipe.training import Preproc, predict_logits
+
+
+def make_split(tmp: Path, n: int = 6) -> tuple[Path, Path]:
+    raw, split = tmp / "raw", tmp / "split"
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        rel = f"img/{i}.png"
+        (raw / "img").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (20 + i, 24, 3), dtype=np.uint8)).save(raw / rel)
+        rows.append({"path": rel, "label": "a" if i % 2 else "b", "group": rel})
+    for s in manifest.SPLITS:
+        manifest.write(split / f"{s}.csv", rows)
+    return raw, split
+
+
+def test_cache_matches_direct_decoding_and_logits(tmp_path: Path) -> None:
+    raw, split = make_split(tmp_path)
+    out = tmp_path / "cache"
+    counts = cache.build(split, raw, out, 32)
+    assert counts == {"train": 6, "valid": 6, "test": 6}
+    cached = cache.load(split, "train", raw, 32, out)
+    assert isinstance(cached, np.memmap)
+    direct = images.load_array([r["path"] for r in manifest.read(split / "train.csv")], raw, 32)
+    np.testing.assert_array_equal(np.asarray(cached), direct)
+    torch.manual_seed(0)
+    net = models.build("resnet18", 2, pretrained=False)
+    pp = Preproc(models.IMAGENET_MEAN, models.IMAGENET_STD, {}, 32, torch.device("cpu"))
+    to_t = lambda a: torch.from_numpy(np.array(a)).permute(0, 3, 1, 2).contiguous()  # noqa: E731
+    a = predict_logits(net, to_t(cached), pp, 4)
+    b = predict_logits(net, to_t(direct), pp, 4)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_cache_goes_stale_when_size_or_manifest_changes(tmp_path: Path) -> None:
+    raw, split = make_split(tmp_path)
+    out = tmp_path / "cache"
+    cache.build(split, raw, out, 16)
+    assert cache.is_fresh(split, out, "valid", 16)
+    assert not cache.is_fresh(split, out, "valid", 32)
+    rows = manifest.read(split / "valid.csv")[:-1]
+    manifest.write(split / "valid.csv", rows)
+    assert not cache.is_fresh(split, out, "valid", 16)
+    rebuilt = cache.load(split, "valid", raw, 16, out)  # stale: decoded again, matching the new manifest
+    assert rebuilt.shape == (5, 16, 16, 3) and not isinstance(rebuilt, np.memmap)
+    assert cache.is_fresh(split, out, "train", 16)

@@ -1,0 +1,191 @@
+"""models.py: every backbone builds and classifies, freezing by block groups, head replacement, weights."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from tlpipe import models
+from tlpipe.errors import PipelineError
+
+FAST = ["efficientnet_lite0", "efficientnet_lite1", "resnet18", "mobilenet_v2", "mobilenet_v3_large",
+        "efficientnet_b0"]
+SLOW = ["efficientnet_lite2", "resnet34", "resnet50", "vgg16"]
+
+
+def test_registry_is_covered():
+    assert set(FAST) | set(SLOW) == set(models.REGISTRY)
+
+
+def _check_logits(backbone: str, size: int) -> None:
+    torch.manual_seed(0)
+    net = models.build(backbone, 5, pretrained=False).eval()
+    assert isinstance(net, models.Net) and len(net.groups) >= 2
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        y = net(x)
+        f = net.features(x)
+    assert y.shape == (2, 5)
+    assert f.shape == (2, net.num_features) == (2, net.head.in_features)
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("backbone", FAST)
+def test_backbone_logits_shape(backbone):
+    _check_logits(backbone, 32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", SLOW)
+def test_backbone_logits_shape_slow(backbone):
+    _check_logits(backbone, 32)
+
+
+def test_resnet18_logits_at_64px():
+    _check_logits("resnet18", 64)
+
+
+def test_unknown_backbone_lists_choices():
+    with pytest.raises(PipelineError) as info:
+        models.build("resnet19", 3, pretrained=False)
+    assert "'resnet19'" in str(info.value) and "efficientnet_lite0" in str(info.value)
+
+
+def test_forward_is_groups_then_pool_then_head():
+    torch.manual_seed(0)
+    net = models.build("resnet18", 3, pretrained=False).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        mid = net.forward_groups(x, 0, 2)
+        rest = net.forward_groups(mid, 2, None)
+        assert torch.allclose(net.head(net.pool(rest)), net(x), atol=1e-6)
+
+
+def _trainable(net: models.Net) -> list[bool]:
+    return [all(p.requires_grad for p in g.parameters()) for g in net.groups]
+
+
+def _frozen(net: models.Net) -> list[bool]:
+    return [not any(p.requires_grad for p in g.parameters()) for g in net.groups]
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    torch.manual_seed(0)
+    return models.build("efficientnet_lite0", 4, pretrained=False)
+
+
+def test_lite0_has_nine_groups(lite0):
+    assert len(lite0.groups) == 9  # what params.yaml's comment promises
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 9])
+def test_freeze_leaves_last_n_groups_and_head_trainable(lite0, n):
+    first = models.freeze(lite0, n)
+    assert first == 9 - n
+    assert _trainable(lite0)[first:] == [True] * n
+    assert _frozen(lite0)[:first] == [True] * first
+    assert all(p.requires_grad for p in lite0.head.parameters())
+    trainable = {id(p) for p in lite0.parameters() if p.requires_grad}
+    expected = {id(p) for g in lite0.groups[first:] for p in g.parameters()} | {id(p) for p in lite0.head.parameters()}
+    assert trainable == expected
+
+
+def test_freeze_again_with_fewer_blocks_refreezes(lite0):
+    models.freeze(lite0, 9)
+    models.freeze(lite0, 1)
+    assert _frozen(lite0)[:8] == [True] * 8 and _trainable(lite0)[8]
+
+
+def test_freeze_resnet_groups():
+    net = models.build("resnet18", 3, pretrained=False)
+    first = models.freeze(net, 2)
+    assert first == 3
+    assert not any(p.requires_grad for p in net.groups[2].parameters())  # layer2 frozen
+    assert all(p.requires_grad for p in net.groups[3].parameters())  # layer3 trains
+
+
+def test_unfreeze_more_than_groups_raises(lite0):
+    with pytest.raises(PipelineError) as info:
+        models.freeze(lite0, 10)
+    assert "unfreeze_blocks=10" in str(info.value) and "9" in str(info.value)
+
+
+def test_replace_head_keeps_first_rows(lite0):
+    old_w = lite0.head.weight.detach().clone()
+    old_b = lite0.head.bias.detach().clone()
+    models.replace_head(lite0, 5, keep_rows=4)
+    assert lite0.head.out_features == 5 and lite0.head.in_features == lite0.num_features
+    assert torch.equal(lite0.head.weight[:4], old_w)
+    assert torch.equal(lite0.head.bias[:4], old_b)
+    assert lite0.head.weight.requires_grad
+    with torch.no_grad():
+        y = lite0.eval()(torch.randn(1, 3, 32, 32))
+    assert y.shape == (1, 5)
+
+
+def test_replace_head_without_keep_is_fresh(lite0):
+    old_w = lite0.head.weight.detach().clone()
+    models.replace_head(lite0, old_w.shape[0], keep_rows=0)
+    assert not torch.equal(lite0.head.weight, old_w)
+
+
+# ------------------------------------------------------------------ weights
+def test_efficientnet_lite0_imagenet_weights_load_offline(no_network):
+    net = models.build("efficientnet_lite0", 3, pretrained=True)
+    src = torch.load(models._lite_file(0), map_location="cpu", weights_only=True)
+    loaded = list(net.groups.state_dict().values())
+    stem_w = net.groups[0][0].weight
+    assert any(v.shape == stem_w.shape and torch.equal(v, stem_w) for v in src.values())
+    # BatchNorm statistics came with the weights (a fresh BN has mean 0, var 1)
+    bn = net.groups[0][1]
+    assert not torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+    assert sum(v.numel() for v in loaded) > 3_000_000
+    assert models.spec("efficientnet_lite0").mean == (0.5, 0.5, 0.5)
+
+
+def test_hub_weights_missing_offline_names_file_url_folder(tmp_path, monkeypatch, no_network):
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv("TORCH_HUB", raising=False)
+    weights = torchvision.models.get_model_weights("resnet18").DEFAULT
+    folder = tmp_path / "hub" / "checkpoints"
+    with pytest.raises(PipelineError) as info:
+        models.build("resnet18", 3, pretrained=True)
+    msg = str(info.value)
+    assert os.path.basename(weights.url) in msg
+    assert weights.url in msg
+    assert str(folder) in msg
+    assert not folder.exists() or not any(folder.iterdir())  # no partial download left behind
+
+
+def test_hub_weights_used_from_cache_folder(tmp_path, monkeypatch, no_network):
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    weights = torchvision.models.get_model_weights("resnet18").DEFAULT
+    folder = tmp_path / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.manual_seed(123)
+    reference = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(reference, folder / os.path.basename(weights.url))
+    net = models.build("resnet18", 3, pretrained=True)
+    assert torch.equal(net.groups[0][0].weight, reference["conv1.weight"])
+    assert torch.equal(net.groups[4][1].bn2.running_var, reference["layer4.1.bn2.running_var"])
+
+
+def test_hub_weights_corrupt_cache_file(tmp_path, monkeypatch, no_network):
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    weights = torchvision.models.get_model_weights("resnet18").DEFAULT
+    folder = tmp_path / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    bad = folder / os.path.basename(weights.url)
+    bad.write_bytes(b"<html>captive portal</html>")
+    with pytest.raises(PipelineError) as info:
+        models.build("resnet18", 3, pretrained=True)
+    assert str(bad) in str(info.value) and "\n" not in str(info.value)

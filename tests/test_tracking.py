@@ -1,0 +1,212 @@
+"""tracking.py: one MLflow run per stage with params, tags and per-epoch metrics; FAILED on error; an
+unusable tracking store is a PipelineError naming the URI."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tlpipe import tracking
+from tlpipe.errors import PipelineError
+
+mlflow = pytest.importorskip("mlflow")
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(autouse=True)
+def restore_tracking_env():
+    """MLflow's set_tracking_uri() also exports MLFLOW_TRACKING_URI; don't let it leak into other tests."""
+    import os
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+@pytest.fixture(scope="module")
+def template_db(tmp_path_factory) -> Path:
+    """An initialised (migrated) empty MLflow sqlite store; creating one takes seconds, copying it doesn't."""
+    db = tmp_path_factory.mktemp("mlflow_template") / "template.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def store(tmp_path, template_db, monkeypatch) -> str:
+    db = tmp_path / "store" / "mlflow.db"
+    db.parent.mkdir()
+    shutil.copyfile(template_db, db)
+    uri = f"sqlite:///{db}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    monkeypatch.chdir(tmp_path)  # any default ./mlruns artifact folder lands here
+    yield uri
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+
+
+def _only_run(uri: str, experiment: str):
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def test_finished_run_records_params_tags_and_epochs(store, tmp_path):
+    with tracking.stage_run("train_head", PARAMS, "unit", root=REPO) as tr:
+        for epoch in (1, 2, 3):
+            tr.epoch({"epoch": epoch, "train_loss": 1.0 / epoch, "val_acc": 0.3 * epoch})
+        tr.metrics({"best_val_acc": 0.9, "nested": {"value": 2, "label": "text is skipped"}, "flag": True})
+    assert mlflow.active_run() is None
+    client, run = _only_run(store, "unit")
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "workspace-train_head"
+    p = run.data.params
+    assert p["seed"] == str(PARAMS["seed"])
+    assert p["finetune.lr"] == str(PARAMS["finetune"]["lr"])
+    assert p["retrain.head.epochs"] == str(PARAMS["retrain"]["head"]["epochs"])
+    assert "data.known_classes" in p
+    assert run.data.tags["stage"] == "train_head"
+    assert len(run.data.tags["git_commit"]) in (0, 40)
+    history = client.get_metric_history(run.info.run_id, "val_acc")
+    assert len(history) == 3
+    assert [(m.step, round(m.value, 6)) for m in sorted(history, key=lambda m: m.step)] == [(1, 0.3), (2, 0.6),
+                                                                                            (3, 0.9)]
+    assert "epoch" not in run.data.metrics
+    assert run.data.metrics["best_val_acc"] == 0.9
+    assert run.data.metrics["nested.value"] == 2.0
+    assert "nested.label" not in run.data.metrics
+
+
+def test_exception_marks_run_failed_and_propagates(store):
+    class StageBroke(RuntimeError):
+        pass
+
+    with pytest.raises(StageBroke):
+        with tracking.stage_run("finetune", PARAMS, "unit-fail", root=REPO) as tr:
+            tr.epoch({"epoch": 1, "val_acc": 0.5})
+            raise StageBroke("disk full")
+    assert mlflow.active_run() is None
+    client, run = _only_run(store, "unit-fail")
+    assert run.info.status == "FAILED"
+    assert run.data.metrics["val_acc"] == 0.5
+
+
+def test_pipeline_error_inside_also_fails_run(store):
+    with pytest.raises(PipelineError, match="bad manifest"):
+        with tracking.stage_run("evaluate", PARAMS, "unit-perr", root=REPO):
+            raise PipelineError("bad manifest")
+    assert _only_run(store, "unit-perr")[1].info.status == "FAILED"
+
+
+def test_two_runs_same_experiment_and_exp_name(store, monkeypatch):
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-lr01")
+    for stage in ("train_head", "finetune"):
+        with tracking.stage_run(stage, PARAMS, "unit-two", root=REPO):
+            pass
+    client = MlflowClient(tracking_uri=store)
+    exp = client.get_experiment_by_name("unit-two")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["exp-lr01-finetune", "exp-lr01-train_head"]
+    assert all(r.info.status == "FINISHED" and r.data.tags["dvc_exp_name"] == "exp-lr01" for r in runs)
+
+
+def test_long_param_values_are_truncated_not_rejected(store):
+    params = copy.deepcopy(PARAMS)
+    params["data"]["known_classes"] = {i: f"class name number {i} " * 3 for i in range(43)}  # > 500 chars
+    with tracking.stage_run("split", params, "unit-long", root=REPO):
+        pass
+    _, run = _only_run(store, "unit-long")
+    assert run.info.status == "FINISHED"
+    assert len(run.data.params["data.known_classes"]) == 500
+
+
+def test_artifact_logged_when_present(store, tmp_path):
+    report = tmp_path / "metrics.json"
+    report.write_text('{"accuracy": 1.0}\n', encoding="utf-8")
+    with tracking.stage_run("evaluate", PARAMS, "unit-art", root=REPO) as tr:
+        tr.artifact(report)
+        tr.artifact(tmp_path / "absent.png")  # silently skipped
+        tr.artifact(report, folder="reports")
+    client, run = _only_run(store, "unit-art")
+    top = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert top == {"metrics.json", "reports"}
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "reports")] == ["reports/metrics.json"]
+
+
+def test_per_class_metric_names_with_punctuation(store):
+    """evaluate logs per-class metrics keyed by readable class names from params (e.g. GTSRB sign names)."""
+    per_class = {"speed limit (30km/h)": {"precision": 1.0, "recall": 0.5},
+                 "no entry, all vehicles": {"precision": 0.25, "recall": 1.0},
+                 "stop": {"precision": 1.0, "recall": 1.0}}
+    with tracking.stage_run("evaluate", PARAMS, "unit-names", root=REPO) as tr:
+        tr.metrics(per_class, prefix="test_")
+    _, run = _only_run(store, "unit-names")
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test_stop.recall"] == 1.0
+    assert len(run.data.metrics) == 6
+
+
+def test_default_store_is_sqlite_in_root_with_local_artifacts(tmp_path, template_db, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "repo"
+    root.mkdir()
+    shutil.copyfile(template_db, root / "mlflow.db")
+    assert tracking.tracking_uri(root) == f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    with tracking.stage_run("split", PARAMS, "unit-default", root=root):
+        pass
+    client = MlflowClient(tracking_uri=tracking.tracking_uri(root))
+    exp = client.get_experiment_by_name("unit-default")
+    run = client.search_runs([exp.experiment_id])[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["git_commit"] == ""  # not a git repository
+    # without MLFLOW_TRACKING_URI the experiment's artifacts belong in <root>/mlartifacts, not <cwd>/mlruns
+    assert exp.artifact_location == (root / "mlartifacts").resolve().as_uri()
+
+
+def test_unusable_sqlite_uri(tmp_path, monkeypatch):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where a folder should be", encoding="utf-8")
+    uri = f"sqlite:///{blocker}/sub/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PipelineError) as info:
+        with tracking.stage_run("split", PARAMS, "unit", root=tmp_path):
+            pytest.fail("the block must not run")
+    assert uri in str(info.value)
+    assert mlflow.active_run() is None
+
+
+def test_unreachable_http_server(tmp_path, monkeypatch, closed_port):
+    uri = f"http://127.0.0.1:{closed_port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PipelineError) as info:
+        with tracking.stage_run("split", PARAMS, "unit", root=tmp_path):
+            pytest.fail("the block must not run")
+    assert uri in str(info.value) and "\n" not in str(info.value)
+
+
+def test_run_name_and_git_commit(monkeypatch, tmp_path):
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    assert tracking.run_name("evaluate_finetuned") == "workspace-evaluate_finetuned"
+    monkeypatch.setenv("DVC_EXP_NAME", "bushy-tuna")
+    assert tracking.run_name("retrain") == "bushy-tuna-retrain"
+    assert tracking.git_commit(tmp_path) == ""
+    commit = tracking.git_commit(REPO)
+    assert commit == "" or (len(commit) == 40 and all(c in "0123456789abcdef" for c in commit))
