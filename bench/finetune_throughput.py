@@ -26,12 +26,15 @@ from tlpipe.training import Data, Phase, Preproc, _set_modes, fit_partial, set_s
 AUG = {"crop_scale_min": 0.8, "rotation": 10, "hflip": 0.0, "color_jitter": 0.2}
 
 
-def bare(net: models.Net, n: int, batch: int, size: int, unfreeze: int) -> float:
+def bare(net: models.Net, n: int, batch: int, size: int, unfreeze: int, cl: bool) -> float:
     """Images/s of forward+backward+step on random normalised tensors, same freeze split."""
     _set_modes(net, models.freeze(net, unfreeze), False)  # same train/eval modes as the finetune stage
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-4)
     loss_fn = nn.CrossEntropyLoss()
     xs = torch.randn(batch, 3, size, size)
+    if cl:
+        net.to(memory_format=torch.channels_last)
+        xs = xs.contiguous(memory_format=torch.channels_last)
     ys = torch.randint(0, 4, (batch,))
     t0 = time.perf_counter()
     for _ in range(n // batch):
@@ -42,16 +45,18 @@ def bare(net: models.Net, n: int, batch: int, size: int, unfreeze: int) -> float
     return (n // batch) * batch / (time.perf_counter() - t0)
 
 
-def ours(net: models.Net, n: int, batch: int, size: int, unfreeze: int, bn_train: bool) -> float:
+def ours(net: models.Net, n: int, batch: int, size: int, unfreeze: int, cl: bool) -> float:
     """Images/s of one fit_partial epoch over n uint8 images (validation set kept tiny, excluded)."""
     imgs = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8)
     train = Data(imgs, torch.randint(0, 4, (n,)))
     valid = Data(imgs[:batch], train.targets[:batch])
     sp = models.spec("efficientnet_lite0")
-    pp = Preproc(sp.mean, sp.std, AUG, size, torch.device("cpu"))
+    pp = Preproc(sp.mean, sp.std, AUG, size, torch.device("cpu"), channels_last=cl)
+    if cl:
+        net.to(memory_format=torch.channels_last)
     ph = Phase(epochs=1, batch_size=batch, optimizer="adam", lr=1e-4, weight_decay=0.0, momentum=0.9,
                label_smoothing=0.0, scheduler="none", step_size=1, gamma=1.0, unfreeze_blocks=unfreeze,
-               bn_train=bn_train)
+               bn_train=False)
     times = {}
 
     def hook(rec):  # noqa: ARG001 - called after the epoch
@@ -72,13 +77,15 @@ def main() -> None:
     args = ap.parse_args()
     print(f"{args.backbone} at {args.size}px, batch {args.batch}, {args.images} images, "
           f"{torch.get_num_threads()} threads\n")
-    print("| unfrozen groups | bare fwd+bwd img/s | ours img/s | ours / bare |\n|---:|---:|---:|---:|")
+    print("| unfrozen groups | layout | bare fwd+bwd img/s | ours img/s | ours / bare |\n|---:|---|---:|---:|---:|")
     for u in args.unfreeze:
-        set_seed(0)
-        b = bare(models.build(args.backbone, 4, pretrained=False), args.images, args.batch, args.size, u)
-        set_seed(0)
-        o = ours(models.build(args.backbone, 4, pretrained=False), args.images, args.batch, args.size, u, False)
-        print(f"| {u} | {b:.0f} | {o:.0f} | {o / b:.2f} |")
+        for cl in (False, True):
+            set_seed(0)
+            b = bare(models.build(args.backbone, 4, pretrained=False), args.images, args.batch, args.size, u, cl)
+            set_seed(0)
+            o = ours(models.build(args.backbone, 4, pretrained=False), args.images, args.batch, args.size, u, cl)
+            layout = "channels_last" if cl else "contiguous"
+            print(f"| {u} | {layout} | {b:.0f} | {o:.0f} | {o / b:.2f} |")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ The textbook loop is timed for --textbook-epochs epochs and its per-epoch time s
 
 from __future__ import annotations
 
+
 import argparse
 import io
 import sys
@@ -59,7 +60,7 @@ def textbook_epoch(net: models.Net, rows, reader: images.Reader, size: int, mean
 
 @torch.no_grad()
 def accuracy(net: models.Net, data: Data, pp: Preproc) -> float:
-    logits = net.head(run_groups(net, data.images, pp, 128, None))
+    logits = net.head(run_groups(net, data.images, pp, None))
     return float((logits.argmax(1) == data.targets).float().mean())
 
 
@@ -95,7 +96,7 @@ def main() -> None:
     train = load(split["train"], args.archive, args.size)
     t_decode = time.perf_counter() - t0
     t0 = time.perf_counter()
-    run_groups(net, train.images, pp, 128, None)
+    run_groups(net, train.images, pp, None)
     t_pass = time.perf_counter() - t0
 
     ours = {}

@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _support import REPO, SHARED, serve_directory  # noqa: E402
 
-STAGES = ["split", "train_head", "finetune", "evaluate@finetuned", "add_unknown_class", "retrain",
-          "evaluate@retrained"]
+STAGES = ["split", "add_unknown_class", "decode@split", "decode@split_unknown", "train_head", "finetune",
+          "retrain", "evaluate@finetuned", "evaluate@retrained"]
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, str]:

@@ -28,17 +28,18 @@ def main() -> None:
     ap.add_argument("--raw", type=Path, default=Path("data/raw"))
     args = ap.parse_args()
     p = P.load()
-    set_seed(p["seed"])
+    set_seed(p["seed"], p["device"])
     info = workflow.read_split_info(args.split)
     with tracking.stage_run(f"evaluate_{args.name}", p, p["tracking"]["experiment"]) as tr:
         net, meta = checkpoint.restore(args.model)
         classes, t = meta["classes"], float(meta.get("temperature", 1.0))
         pp = workflow.preproc({"backbone": meta["backbone"], "input_size": meta["input_size"],
-                               "channels_last": False}, {}, p["device"])
+                               "channels_last": p["model"]["channels_last"],
+                               "inference_batch_size": p["evaluate"]["batch_size"]}, {}, p["device"])
         net.to(resolve_device(p["device"]))
         holdout = set(info.get("holdout_ids", []))
         score = lambda split: workflow.score_split(net, args.split, split, args.raw, args.cache,  # noqa: E731
-                                                   classes, holdout, pp, p["evaluate"]["batch_size"])
+                                                   classes, holdout, pp)
         test, valid = score("test"), score("valid")
         keep = workflow.closed_set(test, classes)
         logits, target = test.logits[keep], test.target[keep]

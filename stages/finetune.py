@@ -18,7 +18,7 @@ def main() -> None:
     ap.add_argument("--init", type=Path, default=Path("models/head.pt"))
     args = ap.parse_args()
     p = P.load()
-    set_seed(p["seed"])
+    set_seed(p["seed"], p["device"])
     classes = workflow.read_classes(args.split)
     pp = workflow.preproc(p["model"], p["augment"], p["device"])
     with tracking.stage_run("finetune", p, p["tracking"]["experiment"]) as tr:

@@ -17,7 +17,7 @@ def main() -> None:
     ap.add_argument("--raw", type=Path, default=Path("data/raw"))
     args = ap.parse_args()
     p = P.load()
-    set_seed(p["seed"])
+    set_seed(p["seed"], p["device"])
     classes = workflow.read_classes(args.split)
     pp = workflow.preproc(p["model"], p["augment"], p["device"])
     with tracking.stage_run("train_head", p, p["tracking"]["experiment"]) as tr:

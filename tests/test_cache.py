@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +42,8 @@ def test_cache_matches_direct_decoding_and_logits(tmp_path: Path) -> None:
     net = models.build("resnet18", 2, pretrained=False)
     pp = Preproc(models.IMAGENET_MEAN, models.IMAGENET_STD, {}, 32, torch.device("cpu"))
     to_t = lambda a: torch.from_numpy(np.array(a)).permute(0, 3, 1, 2).contiguous()  # noqa: E731
-    a = predict_logits(net, to_t(cached), pp, 4)
-    b = predict_logits(net, to_t(direct), pp, 4)
+    a = predict_logits(net, to_t(cached), replace(pp, batch=4))
+    b = predict_logits(net, to_t(direct), replace(pp, batch=4))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 

@@ -3,6 +3,8 @@ cached-feature path computes what the plain forward pass computes."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -56,7 +58,7 @@ def fresh_net(backbone: str = "resnet18", seed: int = 0) -> models.Net:
 
 
 def accuracy(net, d: Data, pp: Preproc) -> float:
-    logits = predict_logits(net, d.images, pp, 16)
+    logits = predict_logits(net, d.images, replace(pp, batch=16))
     return float((logits.argmax(1) == d.targets).float().mean())
 
 
@@ -226,15 +228,15 @@ def test_cached_features_match_full_forward(backbone, data):
     images = train.images[:10]
     with torch.no_grad():
         plain = net(normalize(images, pp.mean, pp.std))
-    feats = run_groups(net, images, pp, 3, None)  # odd batch size on purpose
+    feats = run_groups(net, images, replace(pp, batch=3), None)  # odd batch size on purpose
     assert feats.shape == (10, net.num_features)
     with torch.no_grad():
         cached = net.head(feats)
     assert torch.allclose(cached, plain, atol=1e-5, rtol=1e-4)
-    assert torch.allclose(predict_logits(net, images, pp, 4), plain, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(predict_logits(net, images, replace(pp, batch=4)), plain, atol=1e-5, rtol=1e-4)
     # frozen prefix cached, suffix run later (the partial fine-tuning path)
     first = models.freeze(net, 2)
-    prefix = run_groups(net, images, pp, 4, first)
+    prefix = run_groups(net, images, replace(pp, batch=4), first)
     with torch.no_grad():
         suffix = net.head(net.pool(net.forward_groups(prefix, first, None)))
     assert torch.allclose(suffix, plain, atol=1e-5, rtol=1e-4)
@@ -246,7 +248,7 @@ def test_run_groups_is_eval_mode_and_no_grad(data):
     net = fresh_net()
     net.train()
     bn_before = net.groups[0][1].running_mean.clone()
-    feats = run_groups(net, train.images[:4], pp, 2, None)
+    feats = run_groups(net, train.images[:4], replace(pp, batch=2), None)
     assert not feats.requires_grad
     assert torch.equal(net.groups[0][1].running_mean, bn_before)
 

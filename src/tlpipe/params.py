@@ -69,9 +69,11 @@ PHASE: dict[str, Any] = {
     "feature_views": Field((int,), _positive),
     "unfreeze_blocks": Field((int,), _non_negative),
     "bn_train": Field((bool,)),
+    "prefix_views": Field((int,), _non_negative),
     "backbone_lr_mult": Field(NUM, _positive),
 }
-HEAD_PHASE = {k: v for k, v in PHASE.items() if k not in ("unfreeze_blocks", "bn_train", "backbone_lr_mult")}
+HEAD_PHASE = {k: v for k, v in PHASE.items()
+              if k not in ("unfreeze_blocks", "bn_train", "backbone_lr_mult", "prefix_views")}
 TUNE_PHASE = {k: v for k, v in PHASE.items() if k != "feature_views"}
 
 SCHEMA: dict[str, Any] = {
@@ -95,6 +97,7 @@ SCHEMA: dict[str, Any] = {
         "weights": Field((str,), _one_of("imagenet", "none")),
         "input_size": Field((int,), _positive),
         "channels_last": Field((bool,)),
+        "inference_batch_size": Field((int,), _positive),
     },
     "augment": {
         "crop_scale_min": Field(NUM, _fraction),

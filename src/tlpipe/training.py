@@ -35,6 +35,7 @@ class Phase:
     gamma: float
     feature_views: int = 1
     unfreeze_blocks: int = 0
+    prefix_views: int = 0
     bn_train: bool = False
     backbone_lr_mult: float = 1.0
 
@@ -60,6 +61,7 @@ class Preproc:
     size: int
     device: torch.device
     channels_last: bool = False
+    batch: int = 64  # images per forward pass without gradients
 
 
 @dataclass
@@ -73,13 +75,16 @@ class FitResult:
     initial: dict[str, float] = field(default_factory=dict)
 
 
-def set_seed(seed: int) -> None:
-    """Seed Python, NumPy and torch, and ask torch for deterministic kernels."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+def set_seed(seed: int, device: str = "cpu") -> None:
+    """Seed Python, NumPy and torch; off the CPU, also ask torch for deterministic kernels.
+
+    (CPU kernels are deterministic already, and the switch costs ~3 s of imports per stage.)"""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    if device != "cpu":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def _generator() -> torch.Generator:
@@ -99,22 +104,24 @@ def _prep(x: torch.Tensor, pp: Preproc) -> torch.Tensor:
 
 
 @torch.no_grad()
-def run_groups(net: models.Net, images: torch.Tensor, pp: Preproc, batch: int, stop: int | None,
+def run_groups(net: models.Net, images: torch.Tensor, pp: Preproc, stop: int | None,
                tf=None, desc: str = "") -> torch.Tensor:
     """Eval-mode pass of groups[:stop] (pooled features when stop is None) over uint8 images."""
     net.eval()
+    if pp.channels_last:
+        net.to(memory_format=torch.channels_last)
     outs = []
-    steps = range(0, len(images), batch)
+    steps = range(0, len(images), pp.batch)
     for i in tqdm(steps, desc=desc or "features", disable=not desc or len(steps) < 4, mininterval=2.0):
-        x = images[i : i + batch].to(pp.device)
+        x = images[i : i + pp.batch].to(pp.device)
         x = _prep(tf(x) if tf is not None else x, pp)
         outs.append(net.features(x) if stop is None else net.forward_groups(x, 0, stop))
     return torch.cat(outs) if outs else torch.empty(0)
 
 
 @torch.no_grad()
-def predict_logits(net: models.Net, images: torch.Tensor, pp: Preproc, batch: int) -> torch.Tensor:
-    feats = run_groups(net, images, pp, batch, None)
+def predict_logits(net: models.Net, images: torch.Tensor, pp: Preproc) -> torch.Tensor:
+    feats = run_groups(net, images, pp, None)
     return net.head(feats).float().cpu()
 
 
@@ -171,10 +178,10 @@ def fit_head(net: models.Net, train: Data, valid: Data, ph: Phase, pp: Preproc,
     """Frozen backbone: cache pooled features once (K views), then train only the head on them."""
     models.freeze(net, 0)
     tf = BatchAugment(pp.augment, _generator())
-    views = [run_groups(net, train.images, pp, 128, None, tf if v else None, desc=f"features view {v}")
+    views = [run_groups(net, train.images, pp, None, tf if v else None, desc=f"features view {v}")
              for v in range(ph.feature_views)]
     feats = torch.stack(views)  # V, N, D
-    vfeats = run_groups(net, valid.images, pp, 128, None, desc="features valid")
+    vfeats = run_groups(net, valid.images, pp, None, desc="features valid")
     y, vy = train.targets.to(pp.device), valid.targets.to(pp.device)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=ph.label_smoothing)
     opt = _optimizer([{"params": net.head.parameters()}], ph)
@@ -227,12 +234,28 @@ def _suffix(net: models.Net, x: torch.Tensor, first: int) -> torch.Tensor:
     return net.head(net.pool(net.forward_groups(x, first, None)))
 
 
+def _prefix_source(net: models.Net, train: Data, pp: Preproc, first: int, views: int, tf: BatchAugment):
+    """f(idx, gen) -> frozen-prefix activations of a batch: from K cached views (1 plain + K-1
+    augmented, computed once) when views > 0, else freshly augmented and computed under no_grad."""
+    if views > 0:
+        cached = torch.stack([run_groups(net, train.images, pp, first, tf if v else None, desc=f"prefix view {v}")
+                              for v in range(views)])
+        return lambda idx, gen: cached[torch.randint(0, views, (len(idx),), generator=gen), idx]
+
+    @torch.no_grad()
+    def fresh(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:  # noqa: ARG001
+        return net.forward_groups(_prep(tf(train.images[idx].to(pp.device)), pp), 0, first)
+
+    return fresh
+
+
 def fit_partial(net: models.Net, train: Data, valid: Data, ph: Phase, pp: Preproc,
                 hook: EpochHook | None = None) -> FitResult:
     """Fine-tune the last `unfreeze_blocks` groups + head; the frozen prefix runs under no_grad."""
     first = models.freeze(net, ph.unfreeze_blocks)
     tf = BatchAugment(pp.augment, _generator())
-    vprefix = run_groups(net, valid.images, pp, 128, first)  # constant: frozen prefix, no augmentation
+    vprefix = run_groups(net, valid.images, pp, first)  # constant: frozen prefix, no augmentation
+    prefix = _prefix_source(net, train, pp, first, ph.prefix_views, tf)
     y, vy = train.targets.to(pp.device), valid.targets.to(pp.device)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=ph.label_smoothing)
     backbone = [p for g in net.groups[first:] for p in g.parameters()]
@@ -249,10 +272,7 @@ def fit_partial(net: models.Net, train: Data, valid: Data, ph: Phase, pp: Prepro
         _set_modes(net, first, ph.bn_train)
         for i in tqdm(steps, desc=f"epoch {epoch}/{ph.epochs}", mininterval=5.0, leave=False):
             idx = order[i : i + ph.batch_size]
-            x = _prep(tf(train.images[idx].to(pp.device)), pp)
-            with torch.no_grad():
-                x = net.forward_groups(x, 0, first)
-            logits = _suffix(net, x, first)
+            logits = _suffix(net, prefix(idx, gen), first)
             loss = loss_fn(logits, y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

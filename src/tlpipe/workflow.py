@@ -47,7 +47,8 @@ def load_data(split_dir: Path, split: str, raw: Path, classes: list[str], size: 
 
 def preproc(model: dict[str, Any], augment: dict[str, Any], device: str) -> Preproc:
     sp = models.spec(model["backbone"])
-    return Preproc(sp.mean, sp.std, augment, model["input_size"], resolve_device(device), model["channels_last"])
+    return Preproc(sp.mean, sp.std, augment, model["input_size"], resolve_device(device), model["channels_last"],
+                   model["inference_batch_size"])
 
 
 def meta_for(model: dict[str, Any], classes: list[str], pp: Preproc, extra: dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +90,7 @@ def run_phases(net: models.Net, phases: list[tuple[str, Phase]], train: Data, va
 
 def temperature(net: models.Net, valid: Data, pp: Preproc) -> float:
     """Temperature scaling fitted on the validation split."""
-    return calibration.fit_temperature(predict_logits(net, valid.images, pp, 256), valid.targets)
+    return calibration.fit_temperature(predict_logits(net, valid.images, pp), valid.targets)
 
 
 def save_training(out_dir: Path, stem: str, net: models.Net, meta: dict[str, Any], res: FitResult,
@@ -125,7 +126,7 @@ class Scored:
 
 
 def score_split(net: models.Net, split_dir: Path, split: str, raw: Path, cache_dir: Path | None,
-                model_classes: list[str], holdout: set[str], pp: Preproc, batch: int) -> Scored:
+                model_classes: list[str], holdout: set[str], pp: Preproc) -> Scored:
     rows = manifest.read(split_dir / f"{split}.csv")
     index = {c: i for i, c in enumerate(model_classes)}
     arr = cache.load(split_dir, split, raw, pp.size, cache_dir)
@@ -133,7 +134,7 @@ def score_split(net: models.Net, split_dir: Path, split: str, raw: Path, cache_d
     kind = np.array(["known" if r["label"] != manifest.UNKNOWN else ("unseen" if r.get("origin") in holdout else "seen")
                      for r in rows])
     target = torch.tensor([index.get(r["label"], -1) for r in rows], dtype=torch.long)
-    return Scored(predict_logits(net, images, pp, batch), target, kind)
+    return Scored(predict_logits(net, images, pp), target, kind)
 
 
 def open_set_report(test: Scored, valid: Scored, classes: list[str], t: float) -> dict[str, Any]:
