@@ -49,7 +49,7 @@ def textbook_epoch(net: models.Net, rows, reader: images.Reader, size: int, mean
         arrs = []
         for r in chunk:
             img = Image.open(io.BytesIO(reader.read(r["path"]))).convert("RGB").resize((size, size))
-            arrs.append(torch.from_numpy(__import__("numpy").asarray(img)).permute(2, 0, 1))
+            arrs.append(torch.from_numpy(__import__("numpy").array(img)).permute(2, 0, 1))
         x = normalize(torch.stack(arrs), mean, std)
         y = torch.tensor([KNOWN[r["label"]] for r in chunk])
         loss = loss_fn(net(x), y)

@@ -188,7 +188,7 @@ def fit_head(net: models.Net, train: Data, valid: Data, ph: Phase, pp: Preproc,
     sched = _scheduler(opt, ph)
     gen = _generator()
     res = FitResult()
-    _start(res, net, *_evaluate_head(net.head, vfeats, vy, loss_fn))
+    _start(res, net.head, *_evaluate_head(net.head, vfeats, vy, loss_fn))  # only the head changes: keep its state
     for epoch in range(1, ph.epochs + 1):
         net.head.train()
         order = torch.randperm(len(y), generator=gen)
@@ -210,10 +210,11 @@ def fit_head(net: models.Net, train: Data, valid: Data, ph: Phase, pp: Preproc,
             sched.step()
         vl, va = _evaluate_head(net.head, vfeats, vy, loss_fn)
         rec = {"epoch": epoch, "train_loss": tot / seen, "train_acc": correct / seen, "val_loss": vl, "val_acc": va, "lr": lr}
-        _keep(res, net, rec)
+        _keep(res, net.head, rec)
         if hook:
             hook(rec)
     res.last_state = copy.deepcopy(net.state_dict())
+    res.best_state = {**res.last_state, **{f"head.{k}": v for k, v in res.best_state.items()}}
     return res
 
 
