@@ -26,7 +26,9 @@ def fpr_at_tpr(is_known: np.ndarray, score: np.ndarray, tpr: float = 0.95) -> fl
 
 def threshold_for_tpr(known_scores: np.ndarray, tpr: float = 0.95) -> float:
     """The score above which `tpr` of the (validation) known images lie."""
-    return float(np.quantile(known_scores, 1.0 - tpr, method="lower"))
+    ranked = np.sort(np.asarray(known_scores, dtype=np.float64))[::-1]
+    k = max(1, int(np.ceil(tpr * len(ranked) - 1e-9)))  # the k highest must pass: the k-th is the threshold
+    return float(ranked[k - 1])
 
 
 def rejection_accuracy(pred: np.ndarray, target: np.ndarray, is_known: np.ndarray, score: np.ndarray,
