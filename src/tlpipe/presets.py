@@ -55,5 +55,10 @@ def main() -> None:
     print(f"applied {path} to {args.params}; now run: dvc repro (or dvc exp run)")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console entry point: one-line errors, exit status 2."""
     entry(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -28,7 +28,7 @@ def decode(data: bytes, name: str, size: int) -> np.ndarray:
                 img.load()
                 img = _to_rgb(img)
                 img = img.resize((size, size), Image.Resampling.BILINEAR)
-                return np.asarray(img, dtype=np.uint8)
+                return np.array(img, dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PipelineError(f"image {name}: too many pixels (decompression bomb?)") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
