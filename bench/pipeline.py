@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _support import REPO, SHARED, serve_directory  # noqa: E402
 
@@ -48,7 +50,7 @@ def main() -> None:
     work = args.keep or Path(tempfile.mkdtemp(prefix="tlpipe-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    from test_e2e import commit, copy_repo  # the same copy the end-to-end test makes
+    from test_e2e import commit, copy_repo, set_params  # the same copy the end-to-end test makes
 
     repo = copy_repo(work / "repo")
     py = sys.executable
@@ -56,7 +58,7 @@ def main() -> None:
                    check=True)
     with serve_directory(args.archive.parent) as base:
         sets = [f"data.url={base}/{args.archive.name}", *args.sets]
-        subprocess.run([py, "-c", _SET, *sets], cwd=repo, check=True)
+        set_params(repo, {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in sets)})
         commit(repo, "bench")
         wall, rss, _ = run([py, "-m", "dvc", "repro", "-s", "download"], repo, env)
     rows = [("download (loopback)", wall, rss)]
@@ -74,18 +76,6 @@ def main() -> None:
         print(f"test accuracy {name}: {m['accuracy']:.4f} (n={m['n_images']}), macro-F1 {m['macro_f1']:.4f}")
 
 
-_SET = """
-import sys, yaml
-p = yaml.safe_load(open('params.yaml'))
-for kv in sys.argv[1:]:
-    key, value = kv.split('=', 1)
-    node = p
-    *parents, last = key.split('.')
-    for k in parents:
-        node = node[k]
-    node[last] = yaml.safe_load(value)
-open('params.yaml', 'w').write(yaml.safe_dump(p, sort_keys=False))
-"""
 
 if __name__ == "__main__":
     main()

@@ -16,7 +16,7 @@ from tlpipe import calibration, checkpoint, evaluation, openset, params as P, tr
 from tlpipe.atomic import write_json, write_text
 from tlpipe.data import manifest
 from tlpipe.stage import entry
-from tlpipe.training import resolve_device, set_seed
+from tlpipe.training import set_seed
 
 
 def main() -> None:
@@ -33,10 +33,8 @@ def main() -> None:
     with tracking.stage_run(f"evaluate_{args.name}", p, p["tracking"]["experiment"]) as tr:
         net, meta = checkpoint.restore(args.model)
         classes, t = meta["classes"], float(meta.get("temperature", 1.0))
-        pp = workflow.preproc({"backbone": meta["backbone"], "input_size": meta["input_size"],
-                               "channels_last": p["model"]["channels_last"],
-                               "inference_batch_size": p["evaluate"]["batch_size"]}, {}, p["device"])
-        net.to(resolve_device(p["device"]))
+        pp = workflow.preproc_from_meta(meta, p["device"], p["model"]["channels_last"], p["evaluate"]["batch_size"])
+        net.to(pp.device)
         holdout = set(info.get("holdout_ids", []))
         score = lambda split: workflow.score_split(net, args.split, split, args.raw, args.cache,  # noqa: E731
                                                    classes, holdout, pp)

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import _path  # noqa: F401
 
-from tlpipe import checkpoint, models, params as P, tracking, workflow
+from tlpipe import checkpoint, models, params as P, workflow
 from tlpipe.stage import entry
-from tlpipe.training import Phase, set_seed
+from tlpipe.training import Phase
 
 
 def main() -> None:
@@ -18,22 +18,16 @@ def main() -> None:
     ap.add_argument("--init", type=Path, default=Path("models/finetuned.pt"))
     args = ap.parse_args()
     p = P.load()
-    set_seed(p["seed"], p["device"])
-    classes = workflow.read_classes(args.split)
-    pp = workflow.preproc(p["model"], p["augment"], p["device"])
-    with tracking.stage_run("retrain", p, p["tracking"]["experiment"]) as tr:
-        net, meta0 = checkpoint.restore(args.init, p["model"]["backbone"])
-        models.replace_head(net, len(classes), keep_rows=len(meta0["classes"]))
-        train = workflow.load_data(args.split, "train", args.raw, classes, pp.size, args.cache)
-        valid = workflow.load_data(args.split, "valid", args.raw, classes, pp.size, args.cache)
-        phases = [("head", Phase.from_params(p["retrain"]["head"])),
-                  ("finetune", Phase.from_params(p["retrain"]["finetune"]))]
-        res, hist = workflow.run_phases(net, phases, train, valid, pp, tr)
-        meta = workflow.meta_for(p["model"], classes, pp, {"stage": "retrain"})
-        workflow.save_training(Path("models"), "retrained", net, meta, res, hist, valid, pp, Path("metrics/retrain.json"),
-                               Path("plots"), tr)
-    print(f"retrain: best epoch {res.best_epoch}, val_acc {res.best_val_acc:.4f} -> models/retrained.pt, "
-          f"metrics/retrain.json, plots/retrained.png")
+
+    def init(classes: list[str]) -> models.Net:
+        net, meta = checkpoint.restore(args.init, p["model"]["backbone"])
+        models.replace_head(net, len(classes), keep_rows=len(meta["classes"]))
+        return net
+
+    workflow.training_stage(
+        "retrain", "retrained", p, args.split, args.cache, args.raw,
+        [("head", Phase.from_params(p["retrain"]["head"])), ("finetune", Phase.from_params(p["retrain"]["finetune"]))],
+        init)
 
 
 if __name__ == "__main__":

@@ -13,20 +13,23 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
-class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:  # noqa: D401 - keep test output clean
+class QuietHandler(SimpleHTTPRequestHandler):
+    """Static files from `directory`, without request logging on stderr."""
+
+    def log_message(self, *args) -> None:
         pass
 
 
 @contextmanager
-def serve_directory(folder: Path) -> Iterator[str]:
-    """Serve `folder` on http://127.0.0.1:<free port>; yields the base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(folder))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+def serve_directory(folder: Path, handler: type = QuietHandler) -> Iterator[str]:
+    """Serve `folder` on http://127.0.0.1:<free port> (loopback only); yields the base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+        thread.join(timeout=5)

@@ -5,25 +5,20 @@ from __future__ import annotations
 import functools
 import hashlib
 import sys
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from _support import REPO, SHARED, QuietHandler, serve_directory
+
 SRC = REPO / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
-TINY_ZIP = REPO.parent / "shared" / "datasets" / "gtsrb" / "tiny" / "GTSRB_tiny.zip"
+TINY_ZIP = SHARED / "datasets" / "gtsrb" / "tiny" / "GTSRB_tiny.zip"
 TINY_SHA256 = "f7793ad7148e710a5a023ad812bcfd17b1c4fd7e020e70664480ff3dbcb44e43"
 TINY_CLASSES = ("1", "12", "13", "14", "17", "25", "38")
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # pytest.ini defines it too; registering here keeps `-m "not slow"` warning-free without it
-    config.addinivalue_line("markers", "slow: long-running tests")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -41,35 +36,13 @@ def _single_torch_thread():
     torch.set_num_threads(before)
 
 
-class QuietHandler(SimpleHTTPRequestHandler):
-    """Static files from `directory`, without request logging on stderr."""
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.fixture
 def http_server():
     """Factory: http_server(directory, handler=QuietHandler) -> 'http://127.0.0.1:<port>'.
 
-    Binds to the loopback interface only, on a free port, served by a ThreadingHTTPServer
-    in a daemon thread; every server started is shut down at teardown.
-    """
-    started: list[tuple[ThreadingHTTPServer, threading.Thread]] = []
-
-    def start(directory: str | Path, handler: type = QuietHandler) -> str:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
-        server.daemon_threads = True
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        thread.start()
-        started.append((server, thread))
-        return f"http://127.0.0.1:{server.server_address[1]}"
-
-    yield start
-    for server, thread in started:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    Loopback only, a free port; every server started is shut down at teardown."""
+    with ExitStack() as stack:
+        yield lambda directory, handler=QuietHandler: stack.enter_context(serve_directory(Path(directory), handler))
 
 
 @pytest.fixture

@@ -86,6 +86,14 @@ def test_feature_views_not_allowed_in_finetune(p):
     assert "finetune.feature_views" in _error(p)
 
 
+def _set(p: dict, path: tuple[str, ...], value) -> None:
+    """Set the nested params key `path` to `value`."""
+    node = p
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+
+
 @pytest.mark.parametrize(
     "path, value, want",
     [
@@ -99,10 +107,7 @@ def test_feature_views_not_allowed_in_finetune(p):
     ],
 )
 def test_wrong_type_names_key_and_expected_type(p, path, value, want):
-    node = p
-    for k in path[:-1]:
-        node = node[k]
-    node[path[-1]] = value
+    _set(p, path, value)
     msg = _error(p)
     assert ".".join(path) in msg
     assert f"must be {want}" in msg
@@ -136,10 +141,7 @@ def test_section_must_be_mapping(p):
     ],
 )
 def test_bad_values_name_the_key(p, path, value, fragment):
-    node = p
-    for k in path[:-1]:
-        node = node[k]
-    node[path[-1]] = value
+    _set(p, path, value)
     msg = _error(p)
     assert fragment in msg
     assert repr(value) in msg

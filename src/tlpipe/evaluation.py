@@ -28,8 +28,8 @@ def compute(targets: torch.Tensor, logits: torch.Tensor, names: Sequence[str]) -
     pred = logits.argmax(1).numpy()
     labels = list(range(len(names)))
     loss = torch.nn.functional.cross_entropy(logits, targets).item()
-    rep = classification_report(y, pred, labels=labels, target_names=list(names), output_dict=True, zero_division=0)
-    per_class = {n: {k: _r(rep[n][k]) for k in ("precision", "recall", "f1-score")} | {"support": int(rep[n]["support"])}
+    rep = report_dict(targets, logits, names)
+    per_class = {n: {k: rep[n][k] for k in ("precision", "recall", "f1-score")} | {"support": int(rep[n]["support"])}
                  for n in names}
     return {
         "accuracy": _r((pred == y).mean()),

@@ -14,9 +14,10 @@ import torch
 
 from . import checkpoint
 from .data.images import decode
-from .data.transforms import normalize
 from .errors import PipelineError
 from .stage import entry
+from .training import predict_logits
+from .workflow import preproc_from_meta
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -36,14 +37,12 @@ def expand(paths: list[Path]) -> list[Path]:
     return out
 
 
-@torch.no_grad()
-def probabilities(model: Path, files: list[Path]) -> tuple[list[str], torch.Tensor]:
+def probabilities(model: Path, files: list[Path], batch: int = 64) -> tuple[list[str], torch.Tensor]:
     """Class names and (N, classes) probabilities, softmax(logits / T) with the checkpoint's temperature."""
     net, meta = checkpoint.restore(model)
-    net.eval()
-    size = int(meta["input_size"])
-    batch = torch.stack([torch.from_numpy(decode(f.read_bytes(), str(f), size)).permute(2, 0, 1) for f in files])
-    logits = net(normalize(batch, tuple(meta["mean"]), tuple(meta["std"])))
+    pp = preproc_from_meta(meta, "cpu", channels_last=True, batch=batch)
+    images = torch.stack([torch.from_numpy(decode(f.read_bytes(), str(f), pp.size)).permute(2, 0, 1) for f in files])
+    logits = predict_logits(net, images, pp)
     return list(meta["classes"]), torch.softmax(logits / float(meta.get("temperature", 1.0)), 1)
 
 
@@ -83,9 +82,10 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=3)
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--chart", type=Path, help="write a bar chart of the class probabilities (PNG)")
+    ap.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     args = ap.parse_args()
     files = expand(args.images)
-    classes, probs = probabilities(args.model, files)
+    classes, probs = probabilities(args.model, files, args.batch_size)
     results = top_k(classes, probs, files, args.top_k)
     if args.json:
         print(json.dumps(results, indent=2))

@@ -141,13 +141,15 @@ def _scheduler(opt: torch.optim.Optimizer, ph: Phase):
     return None
 
 
+def better(acc: float, loss: float, than: FitResult) -> bool:
+    """The keep rule everywhere: higher validation accuracy, ties broken by lower validation loss."""
+    return acc > than.best_val_acc or (acc == than.best_val_acc and loss < than.best_val_loss)
+
+
 def _keep(res: FitResult, net: nn.Module, rec: dict[str, float]) -> None:
-    """Record the epoch; keep the state if validation accuracy improved (ties: lower loss)."""
+    """Record the epoch; keep the state if it is better than the best so far."""
     res.history.append(rec)
-    better = rec["val_acc"] > res.best_val_acc or (
-        rec["val_acc"] == res.best_val_acc and rec["val_loss"] < res.best_val_loss
-    )
-    if better:
+    if better(rec["val_acc"], rec["val_loss"], res):
         res.best_epoch, res.best_val_acc, res.best_val_loss = int(rec["epoch"]), rec["val_acc"], rec["val_loss"]
         res.best_state = copy.deepcopy(net.state_dict())
 

@@ -6,17 +6,16 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from . import calibration, checkpoint, evaluation, models, openset
+from . import calibration, checkpoint, evaluation, models, openset, tracking
 from .atomic import write_json
 from .data import cache, manifest
 from .errors import PipelineError
-from .tracking import Tracker
-from .training import Data, FitResult, Phase, Preproc, fit, predict_logits, resolve_device
+from .training import Data, FitResult, Phase, Preproc, better, fit, predict_logits, resolve_device, set_seed
 
 
 def read_split_info(split_dir: Path) -> dict[str, Any]:
@@ -40,15 +39,26 @@ def load_data(split_dir: Path, split: str, raw: Path, classes: list[str], size: 
     unknown = sorted({r["label"] for r in rows} - set(index))
     if unknown:
         raise PipelineError(f"manifest {manifest_path}: labels {unknown} are not among the classes {classes}")
-    arr = cache.load(split_dir, split, raw, size, cache_dir)
     targets = torch.tensor([index[r["label"]] for r in rows], dtype=torch.long)
-    return Data(torch.from_numpy(np.array(arr)).permute(0, 3, 1, 2).contiguous(), targets)
+    return Data(split_images(split_dir, split, raw, size, cache_dir), targets)
+
+
+def split_images(split_dir: Path, split: str, raw: Path, size: int, cache_dir: Path | None) -> torch.Tensor:
+    """uint8 NCHW tensor of a split, copied once out of the (memory-mapped) decoded cache."""
+    arr = cache.load(split_dir, split, raw, size, cache_dir)
+    return torch.from_numpy(np.ascontiguousarray(np.transpose(arr, (0, 3, 1, 2))))
 
 
 def preproc(model: dict[str, Any], augment: dict[str, Any], device: str) -> Preproc:
     sp = models.spec(model["backbone"])
     return Preproc(sp.mean, sp.std, augment, model["input_size"], resolve_device(device), model["channels_last"],
                    model["inference_batch_size"])
+
+
+def preproc_from_meta(meta: dict[str, Any], device: str, channels_last: bool, batch: int) -> Preproc:
+    """Inference preprocessing exactly as the checkpoint was trained: input size, mean, std."""
+    return Preproc(tuple(meta["mean"]), tuple(meta["std"]), {}, int(meta["input_size"]), resolve_device(device),
+                   channels_last, batch)
 
 
 def meta_for(model: dict[str, Any], classes: list[str], pp: Preproc, extra: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +68,7 @@ def meta_for(model: dict[str, Any], classes: list[str], pp: Preproc, extra: dict
 
 
 def run_phases(net: models.Net, phases: list[tuple[str, Phase]], train: Data, valid: Data, pp: Preproc,
-               tracker: Tracker) -> tuple[FitResult, list[dict[str, Any]]]:
+               tracker: tracking.Tracker) -> tuple[FitResult, list[dict[str, Any]]]:
     """Run phases in order (each starts from the previous one's best); history numbered across phases."""
     history: list[dict[str, Any]] = []
     best = FitResult()
@@ -77,9 +87,7 @@ def run_phases(net: models.Net, phases: list[tuple[str, Phase]], train: Data, va
         res = fit(net, train, valid, ph, pp, hook)
         tracker.metrics({f"{name}_seconds": time.perf_counter() - t0})
         res_best_epoch = res.best_epoch + offset if res.best_epoch else best.best_epoch
-        if not best.best_state or res.best_val_acc > best.best_val_acc or (
-            res.best_val_acc == best.best_val_acc and res.best_val_loss < best.best_val_loss
-        ):
+        if not best.best_state or better(res.best_val_acc, res.best_val_loss, best):
             best = FitResult(best_epoch=res_best_epoch, best_val_acc=res.best_val_acc,
                              best_val_loss=res.best_val_loss, best_state=res.best_state)
         best.last_state = res.last_state
@@ -95,7 +103,7 @@ def temperature(net: models.Net, valid: Data, pp: Preproc) -> float:
 
 def save_training(out_dir: Path, stem: str, net: models.Net, meta: dict[str, Any], res: FitResult,
                   history: list[dict[str, Any]], valid: Data, pp: Preproc, metrics_path: Path, plots_dir: Path,
-                  tracker: Tracker) -> None:
+                  tracker: tracking.Tracker) -> None:
     """Best and last checkpoints (with their fitted temperature), metrics JSON, curves; all logged to MLflow."""
     net.load_state_dict(res.last_state)
     checkpoint.save(out_dir / f"{stem}_last.pt", net,
@@ -129,8 +137,7 @@ def score_split(net: models.Net, split_dir: Path, split: str, raw: Path, cache_d
                 model_classes: list[str], holdout: set[str], pp: Preproc) -> Scored:
     rows = manifest.read(split_dir / f"{split}.csv")
     index = {c: i for i, c in enumerate(model_classes)}
-    arr = cache.load(split_dir, split, raw, pp.size, cache_dir)
-    images = torch.from_numpy(np.array(arr)).permute(0, 3, 1, 2).contiguous()
+    images = split_images(split_dir, split, raw, pp.size, cache_dir)
     kind = np.array(["known" if r["label"] != manifest.UNKNOWN else ("unseen" if r.get("origin") in holdout else "seen")
                      for r in rows])
     target = torch.tensor([index.get(r["label"], -1) for r in rows], dtype=torch.long)
@@ -157,3 +164,23 @@ def closed_set(test: Scored, classes: list[str]) -> np.ndarray:
     if manifest.UNKNOWN in classes:
         keep |= test.kind == "seen"
     return keep
+
+
+def training_stage(stage: str, stem: str, p: dict[str, Any], split_dir: Path, cache_dir: Path, raw: Path,
+                   phases: list[tuple[str, Phase]], init: Callable[[list[str]], models.Net]) -> FitResult:
+    """What train_head, finetune and retrain share: seed, data, one MLflow run, phases, and their outputs
+    (models/<stem>.pt and _last.pt, metrics/<stage>.json, plots/<stem>.csv/.png)."""
+    set_seed(p["seed"], p["device"])
+    classes = read_classes(split_dir)
+    pp = preproc(p["model"], p["augment"], p["device"])
+    with tracking.stage_run(stage, p, p["tracking"]["experiment"]) as tr:
+        net = init(classes)
+        train = load_data(split_dir, "train", raw, classes, pp.size, cache_dir)
+        valid = load_data(split_dir, "valid", raw, classes, pp.size, cache_dir)
+        res, hist = run_phases(net, phases, train, valid, pp, tr)
+        meta = meta_for(p["model"], classes, pp, {"stage": stage})
+        save_training(Path("models"), stem, net, meta, res, hist, valid, pp, Path(f"metrics/{stage}.json"),
+                      Path("plots"), tr)
+    print(f"{stage}: best epoch {res.best_epoch}, val_acc {res.best_val_acc:.4f} -> models/{stem}.pt, "
+          f"metrics/{stage}.json, plots/{stem}.png")
+    return res

@@ -65,7 +65,3 @@ def normalize(batch: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ..
     s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     return (x - m) / s
 
-
-def to_tensor(images) -> torch.Tensor:
-    """(N, H, W, 3) uint8 numpy array -> (N, 3, H, W) uint8 tensor."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
