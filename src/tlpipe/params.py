@@ -46,12 +46,36 @@ def _fraction(key: str, v: Any) -> None:
         raise PipelineError(f"params: {key} must be between 0 and 1, got {v!r}")
 
 
+def _dropout(key: str, v: Any) -> None:
+    _finite(key, v)
+    if not 0 <= v < 1:
+        raise PipelineError(f"params: {key} must be in [0, 1), got {v!r}")
+
+
+def _hex_digest(length: int) -> Check:
+    def check(key: str, v: Any) -> None:
+        if v and (len(v) != length or any(c not in "0123456789abcdefABCDEF" for c in v)):
+            raise PipelineError(f"params: {key} must be empty or {length} hex digits, got {v!r}")
+
+    return check
+
+
 def _one_of(*choices: str) -> Check:
     def check(key: str, v: Any) -> None:
         if v not in choices:
             raise PipelineError(f"params: {key} must be one of {', '.join(choices)}; got {v!r}")
 
     return check
+
+
+def _registered_name(key: str, v: Any) -> None:
+    if not v.strip() or "/" in v or ":" in v:
+        raise PipelineError(f"params: {key} must be a non-empty name without '/' or ':', got {v!r}")
+
+
+def _int_list(key: str, v: Any) -> None:
+    if not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v):
+        raise PipelineError(f"params: {key} must be a list of positive epoch numbers, got {v!r}")
 
 
 NUM = (int, float)
@@ -63,7 +87,7 @@ PHASE: dict[str, Any] = {
     "weight_decay": Field(NUM, _non_negative),
     "momentum": Field(NUM, _fraction),
     "label_smoothing": Field(NUM, _fraction),
-    "scheduler": Field((str,), _one_of("none", "step", "cosine")),
+    "scheduler": Field((str,), _one_of("none", "step", "multistep", "cosine", "onecycle", "plateau")),
     "step_size": Field((int,), _positive),
     "gamma": Field(NUM, _positive),
     "feature_views": Field((int,), _positive),
@@ -71,6 +95,14 @@ PHASE: dict[str, Any] = {
     "bn_train": Field((bool,)),
     "prefix_views": Field((int,), _non_negative),
     "backbone_lr_mult": Field(NUM, _positive),
+    "nesterov": Field((bool,)),
+    "milestones": Field((list,), _int_list),
+    "warmup_epochs": Field((int,), _non_negative),
+    "plateau_patience": Field((int,), _non_negative),
+    "mixup_alpha": Field(NUM, _non_negative),
+    "cutmix_alpha": Field(NUM, _non_negative),
+    "early_stopping": Field((int,), _non_negative),
+    "grad_clip": Field(NUM, _non_negative),
 }
 HEAD_PHASE = {k: v for k, v in PHASE.items()
               if k not in ("unfreeze_blocks", "bn_train", "backbone_lr_mult", "prefix_views")}
@@ -80,9 +112,14 @@ SCHEMA: dict[str, Any] = {
     "seed": Field((int,), _non_negative),
     "device": Field((str,), _one_of("auto", "cpu", "cuda")),
     "data": {
-        "dataset": Field((str,), _one_of("digits", "gtsrb")),
+        "dataset": Field((str,), _one_of("digits", "gtsrb", "cifar10", "filelist", "imagefolder")),
         "url": Field((str,)),
-        "sha256": Field((str,)),
+        "sha256": Field((str,), _hex_digest(64)),
+        "md5": Field((str,), _hex_digest(32)),
+        "root": Field((str,)),
+        "train_list": Field((str,)),
+        "test_list": Field((str,)),
+        "bad_images": Field((str,), _one_of("error", "skip")),
         "max_per_class": Field((int,), _non_negative),
         "known_classes": Field((dict,)),
     },
@@ -90,6 +127,8 @@ SCHEMA: dict[str, Any] = {
         "train": Field(NUM, _fraction),
         "valid": Field(NUM, _fraction),
         "test": Field(NUM, _fraction),
+        "valid_per_class": Field((int,), _non_negative),
+        "test_per_class": Field((int,), _non_negative),
         "by_group": Field((bool,)),
     },
     "model": {
@@ -97,6 +136,7 @@ SCHEMA: dict[str, Any] = {
         "weights": Field((str,), _one_of("imagenet", "none")),
         "input_size": Field((int,), _positive),
         "channels_last": Field((bool,)),
+        "head_dropout": Field(NUM, _dropout),
         "inference_batch_size": Field((int,), _positive),
     },
     "augment": {
@@ -104,6 +144,11 @@ SCHEMA: dict[str, Any] = {
         "rotation": Field(NUM, _non_negative),
         "hflip": Field(NUM, _fraction),
         "color_jitter": Field(NUM, _non_negative),
+        "engine": Field((str,), _one_of("batched", "v2")),
+        "vflip": Field(NUM, _fraction),
+        "grayscale": Field(NUM, _fraction),
+        "erasing": Field(NUM, _fraction),
+        "v2": Field((list,)),
     },
     "train_head": HEAD_PHASE,
     "finetune": TUNE_PHASE,
@@ -116,7 +161,12 @@ SCHEMA: dict[str, Any] = {
         "holdout_test_images": Field((int,), _non_negative),
     },
     "retrain": {"head": HEAD_PHASE, "finetune": TUNE_PHASE},
+    "train": {
+        "resume": Field((bool,)),
+        "checkpoint_every": Field((int,), _positive),
+    },
     "evaluate": {"batch_size": Field((int,), _positive)},
+    "registry": {"register": Field((bool,)), "model_name": Field((str,), _registered_name)},
     "tracking": {"experiment": Field((str,))},
 }
 
@@ -158,6 +208,20 @@ def _cross_checks(p: dict[str, Any]) -> None:
     classes = p["unknown"]["classes"]
     if isinstance(classes, str) and classes != "rest":
         raise PipelineError(f"params: unknown.classes must be a list of class ids or 'rest', got {classes!r}")
+    for name, ph in (("train_head", p["train_head"]), ("finetune", p["finetune"]),
+                     ("retrain.head", p["retrain"]["head"]), ("retrain.finetune", p["retrain"]["finetune"])):
+        _phase_checks(name, ph)
+
+
+def _phase_checks(name: str, ph: dict[str, Any]) -> None:
+    """Schedule settings that only make sense together."""
+    if ph["warmup_epochs"] >= ph["epochs"]:
+        raise PipelineError(f"params: {name}.warmup_epochs ({ph['warmup_epochs']}) must be below {name}.epochs "
+                            f"({ph['epochs']})")
+    if ph["scheduler"] == "plateau" and ph["warmup_epochs"]:
+        raise PipelineError(f"params: {name}.warmup_epochs does not combine with scheduler plateau (set it to 0)")
+    if ph["scheduler"] == "multistep" and not ph["milestones"]:
+        raise PipelineError(f"params: {name}.scheduler multistep needs {name}.milestones (epochs where lr *= gamma)")
 
 
 def validate(params: dict[str, Any]) -> dict[str, Any]:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import math
 import os
 import random
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -14,7 +18,8 @@ from torch import nn
 from tqdm import tqdm
 
 from . import models
-from .data.transforms import BatchAugment, normalize
+from .atomic import atomic_path
+from .data.transforms import Augment, make_augment, normalize
 
 EpochHook = Callable[[dict[str, float]], None]
 
@@ -38,11 +43,22 @@ class Phase:
     prefix_views: int = 0
     bn_train: bool = False
     backbone_lr_mult: float = 1.0
+    nesterov: bool = False
+    milestones: tuple[int, ...] = ()
+    warmup_epochs: int = 0
+    plateau_patience: int = 2
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    early_stopping: int = 0
+    grad_clip: float = 0.0
 
     @classmethod
     def from_params(cls, section: dict[str, Any]) -> "Phase":
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in section.items() if k in names})
+        kw = {k: v for k, v in section.items() if k in names}
+        if "milestones" in kw:
+            kw["milestones"] = tuple(int(m) for m in kw["milestones"])
+        return cls(**kw)
 
 
 @dataclass
@@ -127,18 +143,113 @@ def predict_logits(net: models.Net, images: torch.Tensor, pp: Preproc) -> torch.
 
 def _optimizer(params: list[dict[str, Any]], ph: Phase) -> torch.optim.Optimizer:
     if ph.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=ph.lr, momentum=ph.momentum, weight_decay=ph.weight_decay)
+        return torch.optim.SGD(params, lr=ph.lr, momentum=ph.momentum, weight_decay=ph.weight_decay,
+                               nesterov=ph.nesterov)
     if ph.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=ph.lr, weight_decay=ph.weight_decay)
     return torch.optim.Adam(params, lr=ph.lr, weight_decay=ph.weight_decay)
 
 
-def _scheduler(opt: torch.optim.Optimizer, ph: Phase):
+def lr_factor(ph: Phase, epoch: int) -> float:
+    """Multiplier of the base lr during 0-based `epoch` for the per-epoch schedules: linear warmup over
+    `warmup_epochs`, then none | step | multistep (epochs counted from the start) | cosine (over the rest)."""
+    if epoch < ph.warmup_epochs:
+        return (epoch + 1) / (ph.warmup_epochs + 1)
     if ph.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=ph.step_size, gamma=ph.gamma)
+        return ph.gamma ** (epoch // ph.step_size)
+    if ph.scheduler == "multistep":
+        return ph.gamma ** sum(1 for m in ph.milestones if epoch >= m)
     if ph.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=ph.epochs)
-    return None
+        span = max(ph.epochs - ph.warmup_epochs, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch - ph.warmup_epochs) / span))
+    return 1.0
+
+
+class Schedule:
+    """The lr schedule of a phase: stepped per batch (onecycle) or per epoch (plateau on val_loss, others)."""
+
+    def __init__(self, opt: torch.optim.Optimizer, ph: Phase, steps_per_epoch: int):
+        self.ph = ph
+        sch = torch.optim.lr_scheduler
+        if ph.scheduler == "onecycle":
+            pct = ph.warmup_epochs / ph.epochs if ph.warmup_epochs else 0.3
+            self.sched = sch.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
+                                        total_steps=ph.epochs * max(steps_per_epoch, 1), pct_start=pct)
+        elif ph.scheduler == "plateau":
+            self.sched = sch.ReduceLROnPlateau(opt, mode="min", factor=ph.gamma, patience=ph.plateau_patience)
+        else:
+            self.sched = sch.LambdaLR(opt, lambda e: lr_factor(ph, e))
+
+    def batch_done(self) -> None:
+        if self.ph.scheduler == "onecycle":
+            self.sched.step()
+
+    def epoch_done(self, val_loss: float) -> None:
+        if self.ph.scheduler == "plateau":
+            self.sched.step(val_loss)
+        elif self.ph.scheduler != "onecycle":
+            self.sched.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sched.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sched.load_state_dict(state)
+
+
+class Mixer:
+    """Mixup / CutMix on the batch entering the trainable part (cached features or prefix activations).
+
+    When both alphas are set, each batch picks one of the two at random. CutMix needs a spatial map; on
+    pooled features (head phases) it mixes like mixup with the cutmix alpha."""
+
+    def __init__(self, ph: Phase, seed: int):
+        self.mixup, self.cutmix = ph.mixup_alpha, ph.cutmix_alpha
+        self.rng = np.random.default_rng(seed)
+
+    @property
+    def on(self) -> bool:
+        return self.mixup > 0 or self.cutmix > 0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        use_cut = self.cutmix > 0 and (self.mixup <= 0 or self.rng.random() < 0.5)
+        alpha = self.cutmix if use_cut else self.mixup
+        lam = float(self.rng.beta(alpha, alpha))
+        perm = torch.from_numpy(self.rng.permutation(len(t))).to(t.device)
+        if use_cut and x.dim() == 4:
+            h, w = x.shape[2:]
+            ch, cw = int(round(h * math.sqrt(1 - lam))), int(round(w * math.sqrt(1 - lam)))
+            cy, cx = int(self.rng.integers(0, h)), int(self.rng.integers(0, w))
+            y0, y1 = max(cy - ch // 2, 0), min(cy + (ch + 1) // 2, h)
+            x0, x1 = max(cx - cw // 2, 0), min(cx + (cw + 1) // 2, w)
+            x = x.clone()
+            x[:, :, y0:y1, x0:x1] = x[perm][:, :, y0:y1, x0:x1]
+            lam = 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)
+        else:
+            x = lam * x + (1.0 - lam) * x[perm]
+        return x, t, t[perm], lam
+
+
+def _train_step(logits_of: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, t: torch.Tensor,
+                loss_fn, opt: torch.optim.Optimizer, ph: Phase, mixer: Mixer | None,
+                clip_params: list[torch.nn.Parameter]) -> tuple[float, float]:
+    """One optimiser step (with optional mixup/cutmix and gradient clipping); returns (loss sum, correct)."""
+    if mixer is not None:
+        x, ta, tb, lam = mixer(x, t)
+        logits = logits_of(x)
+        loss = lam * loss_fn(logits, ta) + (1.0 - lam) * loss_fn(logits, tb)
+        pred = logits.argmax(1)
+        correct = lam * float((pred == ta).sum()) + (1.0 - lam) * float((pred == tb).sum())
+    else:
+        logits = logits_of(x)
+        loss = loss_fn(logits, t)
+        correct = float((logits.argmax(1) == t).sum())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if ph.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(clip_params, ph.grad_clip)
+    opt.step()
+    return loss.item() * len(t), correct
 
 
 def better(acc: float, loss: float, than: FitResult) -> bool:
@@ -168,53 +279,188 @@ def _val_partial(net: models.Net, vprefix: torch.Tensor, vy: torch.Tensor, first
     return float(loss_fn(logits, vy)), float((logits.argmax(1) == vy).float().mean())
 
 
-def _evaluate_head(head: nn.Module, feats: torch.Tensor, y: torch.Tensor, loss_fn) -> tuple[float, float]:
-    head.eval()
+def _evaluate_head(net: models.Net, feats: torch.Tensor, y: torch.Tensor, loss_fn) -> tuple[float, float]:
+    net.head.eval()
     with torch.no_grad():
-        logits = head(feats)
+        logits = net.head(feats)
         return float(loss_fn(logits, y)), float((logits.argmax(1) == y).float().mean())
 
 
-def fit_head(net: models.Net, train: Data, valid: Data, ph: Phase, pp: Preproc,
-             hook: EpochHook | None = None) -> FitResult:
-    """Frozen backbone: cache pooled features once (K views), then train only the head on them."""
-    models.freeze(net, 0)
-    tf = BatchAugment(pp.augment, _generator())
-    views = [run_groups(net, train.images, pp, None, tf if v else None, desc=f"features view {v}")
-             for v in range(ph.feature_views)]
-    feats = torch.stack(views)  # V, N, D
-    vfeats = run_groups(net, valid.images, pp, None, desc="features valid")
-    y, vy = train.targets.to(pp.device), valid.targets.to(pp.device)
+# ---------------------------------------------------------------- resume after an interruption
+@dataclass(frozen=True)
+class Resume:
+    """Where a phase saves its progress (every `every` epochs) so that a killed run continues bit-exactly."""
+
+    path: Path
+    every: int = 1
+
+
+RESUME_FORMAT = "tlpipe-resume-v1"
+
+
+def fingerprint(*parts: Any) -> str:
+    """sha256 over tensors (bytes), state dicts (sorted keys) and anything else (repr)."""
+    h = hashlib.sha256()
+
+    def add(part: Any) -> None:
+        if isinstance(part, torch.Tensor):
+            h.update(str((part.dtype, tuple(part.shape))).encode())
+            h.update(part.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+        elif isinstance(part, dict) and all(isinstance(v, torch.Tensor) for v in part.values()):
+            for k in sorted(part):
+                h.update(k.encode())
+                add(part[k])
+        else:
+            h.update(repr(part).encode())
+
+    for part in parts:
+        add(part)
+    return h.hexdigest()
+
+
+def _subset(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in state.items() if k.startswith(prefixes)}
+
+
+def _read_resume(resume: Resume | None, fp: str) -> dict[str, Any] | None:
+    """The saved progress of this very phase (same fingerprint), else None (absent, foreign or unreadable)."""
+    if resume is None or not resume.path.is_file():
+        return None
+    try:
+        saved = torch.load(resume.path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a torn or foreign file is simply not resumed from
+        return None
+    if not isinstance(saved, dict) or saved.get("format") != RESUME_FORMAT or saved.get("fingerprint") != fp:
+        return None
+    print(f"resuming from {resume.path} after epoch {saved['epoch']}", flush=True)
+    return saved
+
+
+@dataclass
+class _Loop:
+    """What the epoch loop needs; head-only and partial fine-tuning differ only in these."""
+
+    net: models.Net
+    ph: Phase
+    keep: nn.Module  # whose state is kept as best: the head alone, or the whole net
+    net_keys: tuple[str, ...]  # state keys of net that training changes (stored by a resume file)
+    best_keys: tuple[str, ...]  # the same, relative to `keep`
+    trainable: list[nn.Parameter]
+    gens: list[torch.Generator]  # every generator the loop draws from (batch order, augmentation)
+    mixer: Mixer | None
+    fp: str
+    resume: Resume | None
+
+    def save(self, epoch: int, done: bool, opt, sched: Schedule, res: FitResult) -> None:
+        if self.resume is None or (not done and epoch % self.resume.every):
+            return
+        payload = {
+            "format": RESUME_FORMAT, "fingerprint": self.fp, "epoch": epoch, "done": done,
+            "state": _subset(self.net.state_dict(), self.net_keys), "opt": opt.state_dict(),
+            "sched": sched.state_dict(), "gens": [g.get_state() for g in self.gens],
+            "torch_rng": torch.get_rng_state(),
+            "mixer": json.dumps(self.mixer.rng.bit_generator.state) if self.mixer else "",
+            "history": res.history, "initial": res.initial, "best_epoch": res.best_epoch,
+            "best_val_acc": res.best_val_acc, "best_val_loss": res.best_val_loss,
+            "best_state": _subset(res.best_state, self.best_keys),
+        }
+        with atomic_path(self.resume.path) as tmp:
+            torch.save(payload, tmp)
+
+    def restore(self, saved: dict[str, Any], opt, sched: Schedule | None, res: FitResult,
+                hook: EpochHook | None) -> None:
+        self.net.load_state_dict(saved["state"], strict=False)
+        if opt is not None:
+            opt.load_state_dict(saved["opt"])
+            sched.load_state_dict(saved["sched"])
+        for g, st in zip(self.gens, saved["gens"]):
+            g.set_state(st)
+        torch.set_rng_state(saved["torch_rng"])
+        if self.mixer:
+            self.mixer.rng.bit_generator.state = json.loads(saved["mixer"])
+        res.history, res.initial = list(saved["history"]), dict(saved["initial"])
+        res.best_epoch, res.best_val_acc, res.best_val_loss = saved["best_epoch"], saved["best_val_acc"], saved["best_val_loss"]
+        res.best_state = {**copy.deepcopy(self.keep.state_dict()), **saved["best_state"]}
+        for rec in res.history:
+            if hook:
+                hook(rec)
+
+
+def _epochs(loop: _Loop, res: FitResult, saved: dict[str, Any] | None, y: torch.Tensor,
+            inputs: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+            logits_of: Callable[[torch.Tensor], torch.Tensor], validate: Callable[[], tuple[float, float]],
+            train_mode: Callable[[], None], opt, hook: EpochHook | None) -> None:
+    """The epoch loop both modes share: batches, schedule, keep rule, early stopping, resume files."""
+    ph = loop.ph
     loss_fn = nn.CrossEntropyLoss(label_smoothing=ph.label_smoothing)
-    opt = _optimizer([{"params": net.head.parameters()}], ph)
-    sched = _scheduler(opt, ph)
-    gen = _generator()
-    res = FitResult()
-    _start(res, net.head, *_evaluate_head(net.head, vfeats, vy, loss_fn))  # only the head changes: keep its state
-    for epoch in range(1, ph.epochs + 1):
-        net.head.train()
+    steps = range(0, len(y), ph.batch_size)
+    sched = Schedule(opt, ph, len(steps))
+    gen = loop.gens[0]
+    if saved:
+        loop.restore(saved, opt, sched, res, hook)
+        start = int(saved["epoch"])
+    else:
+        _start(res, loop.keep, *validate())
+        start = 0
+    for epoch in range(start + 1, ph.epochs + 1):
         order = torch.randperm(len(y), generator=gen)
-        view = torch.randint(0, ph.feature_views, (len(y),), generator=gen)
-        tot, correct, seen = 0.0, 0, 0
-        for i in range(0, len(order), ph.batch_size):
-            idx = order[i : i + ph.batch_size]
-            x, t = feats[view[idx], idx], y[idx]
-            logits = net.head(x)
-            loss = loss_fn(logits, t)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tot += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == t).sum())
-            seen += len(idx)
+        tot, correct = 0.0, 0.0
+        train_mode()
         lr = opt.param_groups[0]["lr"]
-        if sched:
-            sched.step()
-        vl, va = _evaluate_head(net.head, vfeats, vy, loss_fn)
-        rec = {"epoch": epoch, "train_loss": tot / seen, "train_acc": correct / seen, "val_loss": vl, "val_acc": va, "lr": lr}
-        _keep(res, net.head, rec)
+        for i in steps:
+            idx = order[i : i + ph.batch_size]
+            l_sum, c = _train_step(logits_of, inputs(idx, gen), y[idx], loss_fn, opt, ph, loop.mixer, loop.trainable)
+            tot, correct = tot + l_sum, correct + c
+            sched.batch_done()
+        vl, va = validate()
+        sched.epoch_done(vl)
+        rec = {"epoch": epoch, "train_loss": tot / len(y), "train_acc": correct / len(y), "val_loss": vl,
+               "val_acc": va, "lr": lr}
+        _keep(res, loop.keep, rec)
         if hook:
             hook(rec)
+        stop = ph.early_stopping > 0 and epoch - res.best_epoch >= ph.early_stopping
+        loop.save(epoch, stop or epoch == ph.epochs, opt, sched, res)
+        if stop:
+            print(f"early stopping after epoch {epoch}: no better validation for {ph.early_stopping} epochs",
+                  flush=True)
+            break
+
+
+def _finish_saved(loop: _Loop, saved: dict[str, Any], res: FitResult, hook: EpochHook | None) -> bool:
+    """A phase whose resume file says it finished: restore its end state without recomputing anything."""
+    if not saved or not saved.get("done"):
+        return False
+    loop.restore(saved, None, None, res, hook)
+    return True
+
+
+def fit_head(net: models.Net, train: Data, valid: Data, ph: Phase, pp: Preproc,
+             hook: EpochHook | None = None, resume: Resume | None = None) -> FitResult:
+    """Frozen backbone: cache pooled features once (K views), then train only the head on them."""
+    models.freeze(net, 0)
+    fp = fingerprint("head", ph, pp, net.state_dict(), train.images, train.targets, valid.images, valid.targets,
+                     torch.get_rng_state())
+    tf = make_augment(pp.augment, _generator(), pp.size)
+    gen = _generator()
+    mixer = Mixer(ph, int(torch.randint(0, 2**31 - 1, (1,)).item())) if ph.mixup_alpha or ph.cutmix_alpha else None
+    loop = _Loop(net, ph, net.head, ("head.",), ("",), list(net.head.parameters()), [gen, tf.gen], mixer, fp, resume)
+    res, saved = FitResult(), _read_resume(resume, fp)
+    if not _finish_saved(loop, saved, res, hook):
+        views = [run_groups(net, train.images, pp, None, tf if v else None, desc=f"features view {v}")
+                 for v in range(ph.feature_views)]
+        feats = torch.stack(views)  # V, N, D
+        vfeats = run_groups(net, valid.images, pp, None, desc="features valid")
+        y, vy = train.targets.to(pp.device), valid.targets.to(pp.device)
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=ph.label_smoothing)
+        opt = _optimizer([{"params": net.head.parameters()}], ph)
+
+        def inputs(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+            return feats[torch.randint(0, ph.feature_views, (len(idx),), generator=g), idx]
+
+        _epochs(loop, res, saved, y, inputs, lambda x: net.head(net.dropout(x)),
+                lambda: _evaluate_head(net, vfeats, vy, loss_fn), lambda: (net.head.train(), net.dropout.train()),
+                opt, hook)
     res.last_state = copy.deepcopy(net.state_dict())
     res.best_state = {**res.last_state, **{f"head.{k}": v for k, v in res.best_state.items()}}
     return res
@@ -230,14 +476,15 @@ def _set_modes(net: models.Net, first: int, bn_train: bool) -> None:
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
     net.pool.train()
+    net.dropout.train()
     net.head.train()
 
 
 def _suffix(net: models.Net, x: torch.Tensor, first: int) -> torch.Tensor:
-    return net.head(net.pool(net.forward_groups(x, first, None)))
+    return net.head(net.dropout(net.pool(net.forward_groups(x, first, None))))
 
 
-def _prefix_source(net: models.Net, train: Data, pp: Preproc, first: int, views: int, tf: BatchAugment):
+def _prefix_source(net: models.Net, train: Data, pp: Preproc, first: int, views: int, tf: Augment):
     """f(idx, gen) -> frozen-prefix activations of a batch: from K cached views (1 plain + K-1
     augmented, computed once) when views > 0, else freshly augmented and computed under no_grad."""
     if views > 0:
@@ -253,53 +500,39 @@ def _prefix_source(net: models.Net, train: Data, pp: Preproc, first: int, views:
 
 
 def fit_partial(net: models.Net, train: Data, valid: Data, ph: Phase, pp: Preproc,
-                hook: EpochHook | None = None) -> FitResult:
+                hook: EpochHook | None = None, resume: Resume | None = None) -> FitResult:
     """Fine-tune the last `unfreeze_blocks` groups + head; the frozen prefix runs under no_grad."""
     first = models.freeze(net, ph.unfreeze_blocks)
-    tf = BatchAugment(pp.augment, _generator())
-    vprefix = run_groups(net, valid.images, pp, first)  # constant: frozen prefix, no augmentation
-    prefix = _prefix_source(net, train, pp, first, ph.prefix_views, tf)
-    y, vy = train.targets.to(pp.device), valid.targets.to(pp.device)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=ph.label_smoothing)
-    backbone = [p for g in net.groups[first:] for p in g.parameters()]
-    opt = _optimizer([{"params": net.head.parameters()},
-                      {"params": backbone, "lr": ph.lr * ph.backbone_lr_mult}], ph)
-    sched = _scheduler(opt, ph)
+    fp = fingerprint("partial", ph, pp, net.state_dict(), train.images, train.targets, valid.images,
+                     valid.targets, torch.get_rng_state())
+    tf = make_augment(pp.augment, _generator(), pp.size)
     gen = _generator()
-    res = FitResult()
-    _start(res, net, *_val_partial(net, vprefix, vy, first, loss_fn))
-    for epoch in range(1, ph.epochs + 1):
-        order = torch.randperm(len(y), generator=gen)
-        tot, correct, seen = 0.0, 0, 0
-        steps = range(0, len(order), ph.batch_size)
-        _set_modes(net, first, ph.bn_train)
-        for i in tqdm(steps, desc=f"epoch {epoch}/{ph.epochs}", mininterval=5.0, leave=False):
-            idx = order[i : i + ph.batch_size]
-            logits = _suffix(net, prefix(idx, gen), first)
-            loss = loss_fn(logits, y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tot += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == y[idx]).sum())
-            seen += len(idx)
-        lr = opt.param_groups[0]["lr"]
-        if sched:
-            sched.step()
-        vl, va = _val_partial(net, vprefix, vy, first, loss_fn)
-        rec = {"epoch": epoch, "train_loss": tot / seen, "train_acc": correct / seen, "val_loss": vl, "val_acc": va, "lr": lr}
-        _keep(res, net, rec)
-        if hook:
-            hook(rec)
+    mixer = Mixer(ph, int(torch.randint(0, 2**31 - 1, (1,)).item())) if ph.mixup_alpha or ph.cutmix_alpha else None
+    changing = tuple(f"groups.{i}." for i in range(first, len(net.groups))) + ("pool.", "head.")
+    backbone = [p for g in net.groups[first:] for p in g.parameters()] + list(net.pool.parameters())
+    loop = _Loop(net, ph, net, changing, changing, backbone + list(net.head.parameters()), [gen, tf.gen], mixer,
+                 fp, resume)
+    res, saved = FitResult(), _read_resume(resume, fp)
+    if not _finish_saved(loop, saved, res, hook):
+        vprefix = run_groups(net, valid.images, pp, first)  # constant: frozen prefix, no augmentation
+        prefix = _prefix_source(net, train, pp, first, ph.prefix_views, tf)
+        y, vy = train.targets.to(pp.device), valid.targets.to(pp.device)
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=ph.label_smoothing)
+        opt = _optimizer([{"params": net.head.parameters()},
+                          {"params": backbone, "lr": ph.lr * ph.backbone_lr_mult}], ph)
+        _epochs(loop, res, saved, y, prefix, lambda x: _suffix(net, x, first),
+                lambda: _val_partial(net, vprefix, vy, first, loss_fn), lambda: _set_modes(net, first, ph.bn_train),
+                opt, hook)
     res.last_state = copy.deepcopy(net.state_dict())
     return res
 
 
-def fit(net: models.Net, train: Data, valid: Data, ph: Phase, pp: Preproc, hook: EpochHook | None = None) -> FitResult:
+def fit(net: models.Net, train: Data, valid: Data, ph: Phase, pp: Preproc, hook: EpochHook | None = None,
+        resume: Resume | None = None) -> FitResult:
     """Train per `ph`: head only on cached features when unfreeze_blocks is 0, else partial fine-tuning."""
     net.to(pp.device)
     if pp.channels_last:
         net.to(memory_format=torch.channels_last)
     if ph.unfreeze_blocks == 0:
-        return fit_head(net, train, valid, ph, pp, hook)
-    return fit_partial(net, train, valid, ph, pp, hook)
+        return fit_head(net, train, valid, ph, pp, hook, resume)
+    return fit_partial(net, train, valid, ph, pp, hook, resume)

@@ -13,9 +13,10 @@ import torch
 
 from . import calibration, checkpoint, evaluation, models, openset, tracking
 from .atomic import write_json
-from .data import cache, manifest
+from .data import cache, manifest, transforms
 from .errors import PipelineError
-from .training import Data, FitResult, Phase, Preproc, better, fit, predict_logits, resolve_device, set_seed
+from .training import (Data, FitResult, Phase, Preproc, Resume, better, fit, predict_logits, resolve_device,
+                       set_seed)
 
 
 def read_split_info(split_dir: Path) -> dict[str, Any]:
@@ -68,8 +69,10 @@ def meta_for(model: dict[str, Any], classes: list[str], pp: Preproc, extra: dict
 
 
 def run_phases(net: models.Net, phases: list[tuple[str, Phase]], train: Data, valid: Data, pp: Preproc,
-               tracker: tracking.Tracker) -> tuple[FitResult, list[dict[str, Any]]]:
-    """Run phases in order (each starts from the previous one's best); history numbered across phases."""
+               tracker: tracking.Tracker, resume: Callable[[str], Resume | None] = lambda name: None,
+               ) -> tuple[FitResult, list[dict[str, Any]]]:
+    """Run phases in order (each starts from the previous one's best); history numbered across phases.
+    `resume(phase name)` says where that phase keeps its resume file (None: no resuming)."""
     history: list[dict[str, Any]] = []
     best = FitResult()
     offset = 0
@@ -84,7 +87,7 @@ def run_phases(net: models.Net, phases: list[tuple[str, Phase]], train: Data, va
                   f"train_acc {rec['train_acc']:.4f} val_loss {rec['val_loss']:.4f} val_acc {rec['val_acc']:.4f}",
                   flush=True)
 
-        res = fit(net, train, valid, ph, pp, hook)
+        res = fit(net, train, valid, ph, pp, hook, resume(name))
         tracker.metrics({f"{name}_seconds": time.perf_counter() - t0})
         res_best_epoch = res.best_epoch + offset if res.best_epoch else best.best_epoch
         if not best.best_state or better(res.best_val_acc, res.best_val_loss, best):
@@ -173,14 +176,22 @@ def training_stage(stage: str, stem: str, p: dict[str, Any], split_dir: Path, ca
     set_seed(p["seed"], p["device"])
     classes = read_classes(split_dir)
     pp = preproc(p["model"], p["augment"], p["device"])
+    if p["augment"]["engine"] == "v2":
+        transforms.build_v2(p["augment"]["v2"])  # a bad op fails here, before any work
+    resume_dir = Path("models/.resume")
+    resume = (lambda name: Resume(resume_dir / f"{stem}-{name}.pt", p["train"]["checkpoint_every"])) \
+        if p["train"]["resume"] else (lambda name: None)
     with tracking.stage_run(stage, p, p["tracking"]["experiment"]) as tr:
         net = init(classes)
+        net.dropout.p = float(p["model"]["head_dropout"])
         train = load_data(split_dir, "train", raw, classes, pp.size, cache_dir)
         valid = load_data(split_dir, "valid", raw, classes, pp.size, cache_dir)
-        res, hist = run_phases(net, phases, train, valid, pp, tr)
+        res, hist = run_phases(net, phases, train, valid, pp, tr, resume)
         meta = meta_for(p["model"], classes, pp, {"stage": stage})
         save_training(Path("models"), stem, net, meta, res, hist, valid, pp, Path(f"metrics/{stage}.json"),
                       Path("plots"), tr)
+    for f in resume_dir.glob(f"{stem}-*.pt"):  # outputs are complete: progress files are no longer needed
+        f.unlink()
     print(f"{stage}: best epoch {res.best_epoch}, val_acc {res.best_val_acc:.4f} -> models/{stem}.pt, "
           f"metrics/{stage}.json, plots/{stem}.png")
     return res

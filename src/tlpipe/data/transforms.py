@@ -1,28 +1,51 @@
-"""Augmentation and normalisation, batched: one affine_grid/grid_sample call per batch, per-image parameters.
+"""Augmentation and normalisation.
 
-Per-image torchvision.transforms.v2 pipelines cost ~2 ms per 64-px image here, as much as the
-frozen backbone prefix itself; sampling a random affine (crop scale, aspect, rotation, shift, flip)
-and colour factors per image and applying them to the whole batch at once costs a few percent.
+Two engines, chosen by `augment.engine`:
+- `batched` (default): one affine_grid/grid_sample call per batch with per-image parameters (crop scale,
+  aspect, rotation, shift, flips), then colour jitter, grayscale and erasing, all vectorised. Per-image
+  torchvision.transforms.v2 pipelines cost ~2 ms per 64-px image here, as much as the frozen backbone
+  prefix itself; this engine costs a few percent.
+- `v2`: the torchvision.transforms.v2 ops listed in `augment.v2`, applied per image, exactly as the
+  tutorials write them (Resize -> RandomRotation -> CenterCrop -> flips -> RandomGrayscale, RandomCrop with
+  padding, ...). Seeded from the pipeline seed, like everything else.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
+from ..errors import PipelineError
+
+# torchvision.transforms.v2 ops that augment.v2 may name (looked up in this table, never evaluated)
+V2_OPS = ("Resize", "CenterCrop", "RandomCrop", "RandomResizedCrop", "RandomRotation", "RandomAffine",
+          "RandomPerspective", "RandomHorizontalFlip", "RandomVerticalFlip", "RandomGrayscale", "ColorJitter",
+          "RandomErasing", "GaussianBlur", "Pad", "RandomAutocontrast", "RandomEqualize", "RandAugment",
+          "TrivialAugmentWide", "AutoAugment", "RandomInvert", "RandomPosterize", "RandomAdjustSharpness")
+
+
+class Augment(Protocol):
+    gen: torch.Generator
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
+
 
 class BatchAugment:
-    """RandomResizedCrop + RandomRotation + horizontal flip + ColorJitter, sampled per image, applied per batch."""
+    """RandomResizedCrop + RandomRotation + flips + ColorJitter + RandomGrayscale + RandomErasing, sampled per
+    image, applied per batch."""
 
     def __init__(self, aug: dict[str, Any], generator: torch.Generator | None = None):
         self.scale_min = float(aug.get("crop_scale_min", 1.0))
         self.rotation = float(aug.get("rotation", 0.0))
         self.hflip = float(aug.get("hflip", 0.0))
+        self.vflip = float(aug.get("vflip", 0.0))
         self.jitter = float(aug.get("color_jitter", 0.0))
-        self.gen = generator
+        self.grayscale = float(aug.get("grayscale", 0.0))
+        self.erasing = float(aug.get("erasing", 0.0))
+        self.gen = generator if generator is not None else torch.Generator().manual_seed(0)
 
     def _uniform(self, n: int, lo: float, hi: float) -> torch.Tensor:
         return torch.rand(n, generator=self.gen) * (hi - lo) + lo
@@ -35,10 +58,32 @@ class BatchAugment:
         ang = self._uniform(n, -self.rotation, self.rotation) * (math.pi / 180.0)
         tx, ty = self._uniform(n, -1, 1) * (1 - sx), self._uniform(n, -1, 1) * (1 - sy)
         flip = torch.where(torch.rand(n, generator=self.gen) < self.hflip, -1.0, 1.0)
+        vflip = torch.where(torch.rand(n, generator=self.gen) < self.vflip, -1.0, 1.0) if self.vflip else 1.0
         cos, sin = torch.cos(ang), torch.sin(ang)
-        row0 = torch.stack([sx * cos * flip, -sy * sin, tx], 1)
-        row1 = torch.stack([sx * sin * flip, sy * cos, ty], 1)
+        row0 = torch.stack([sx * cos * flip, -sy * sin * vflip, tx], 1)
+        row1 = torch.stack([sx * sin * flip, sy * cos * vflip, ty], 1)
         return torch.stack([row0, row1], 1)
+
+    def _gray(self, x: torch.Tensor) -> torch.Tensor:
+        pick = (torch.rand(x.shape[0], generator=self.gen) < self.grayscale).to(x.device).view(-1, 1, 1, 1)
+        gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
+        return torch.where(pick, gray, x)
+
+    def _erase(self, x: torch.Tensor) -> torch.Tensor:
+        """RandomErasing: per picked image one rectangle of 2-33% of the area, aspect 0.3-3.3, set to 0."""
+        n, _, h, w = x.shape
+        pick = torch.rand(n, generator=self.gen) < self.erasing
+        area = self._uniform(n, 0.02, 0.33) * h * w
+        aspect = torch.exp(self._uniform(n, math.log(0.3), math.log(1 / 0.3)))
+        eh = (area * aspect).sqrt().round().clamp(1, h)
+        ew = (area / aspect).sqrt().round().clamp(1, w)
+        y0 = (torch.rand(n, generator=self.gen) * (h - eh + 1)).floor()
+        x0 = (torch.rand(n, generator=self.gen) * (w - ew + 1)).floor()
+        ys = torch.arange(h).view(1, h, 1)
+        xs = torch.arange(w).view(1, 1, w)
+        box = ((ys >= y0.view(-1, 1, 1)) & (ys < (y0 + eh).view(-1, 1, 1))
+               & (xs >= x0.view(-1, 1, 1)) & (xs < (x0 + ew).view(-1, 1, 1)) & pick.view(-1, 1, 1))
+        return x.masked_fill(box.unsqueeze(1).to(x.device), 0.0)
 
     def _color(self, x: torch.Tensor) -> torch.Tensor:
         n, j = x.shape[0], self.jitter
@@ -55,7 +100,67 @@ class BatchAugment:
         theta = self._theta(x.shape[0]).to(x.device)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        return self._color(x) if self.jitter > 0 else x
+        if self.jitter > 0:
+            x = self._color(x)
+        if self.grayscale > 0:
+            x = self._gray(x)
+        if self.erasing > 0:
+            x = self._erase(x)
+        return x
+
+
+def build_v2(ops: list[Any], where: str = "augment.v2"):
+    """A torchvision.transforms.v2 Compose from a params list of {OpName: {kwargs}} (or plain op names)."""
+    from torchvision.transforms import v2
+
+    built = []
+    for i, item in enumerate(ops):
+        if isinstance(item, str):
+            item = {item: {}}
+        if not isinstance(item, dict) or len(item) != 1:
+            raise PipelineError(f"params: {where}[{i}] must be an op name or a one-key mapping {{Op: {{args}}}}")
+        (name, kwargs), = item.items()
+        if name not in V2_OPS:
+            raise PipelineError(f"params: {where}[{i}] {name!r} is not one of {', '.join(V2_OPS)}")
+        kwargs = {} if kwargs is None else kwargs
+        if not isinstance(kwargs, dict):
+            raise PipelineError(f"params: {where}[{i}] {name} takes a mapping of arguments, got {kwargs!r}")
+        try:
+            built.append(getattr(v2, name)(**kwargs))
+        except (TypeError, ValueError) as exc:
+            raise PipelineError(f"params: {where}[{i}] {name}({kwargs}): {exc}".splitlines()[0]) from exc
+    return v2.Compose(built)
+
+
+class V2Augment:
+    """torchvision.transforms.v2 ops per image on uint8 CHW tensors; torch's RNG is forked and seeded from
+    `gen` for every batch, so results depend only on the pipeline seed."""
+
+    def __init__(self, ops: list[Any], size: int, generator: torch.Generator):
+        self.compose = build_v2(ops)
+        self.size = size
+        self.gen = generator
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.gen).item())
+        out = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for img in batch.cpu():
+                y = self.compose(img)
+                if tuple(y.shape[-2:]) != (self.size, self.size):
+                    raise PipelineError(f"params: augment.v2 turns {self.size}px images into {tuple(y.shape[-2:])}; "
+                                        f"the ops must end at model.input_size ({self.size})")
+                out.append(y)
+        x = torch.stack(out).to(batch.device)
+        return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
+def make_augment(aug: dict[str, Any], generator: torch.Generator, size: int) -> Augment:
+    """The training augmentation the params ask for (engine batched or v2)."""
+    if aug.get("engine", "batched") == "v2":
+        return V2Augment(list(aug.get("v2") or []), size, generator)
+    return BatchAugment(aug, generator)
 
 
 def normalize(batch: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
