@@ -2,6 +2,10 @@
 
 Classes in unknown.holdout_classes are never trained or validated on: they only appear in test,
 to measure how the model treats unknown kinds of images it has never seen.
+
+With `unknown.classes: []` (a dataset with no classes to spare, e.g. CIFAR-10's ten) there is no
+`unknown` class: retrain keeps the known classes and continues training, and held-out classes, if
+any, still measure threshold rejection.
 """
 
 import argparse
@@ -22,9 +26,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("data/split_unknown"))
     args = ap.parse_args()
     p = P.load()
-    known = P.known_classes(p["data"])
     u = p["unknown"]
     rows = manifest.read(args.index)
+    known = P.known_classes(p, {r["label"] for r in rows})
     seen, held = manifest.unknown_ids({r["label"] for r in rows}, set(known), u["classes"], u["holdout_classes"])
     known_splits = {s: manifest.read(args.split / f"{s}.csv") for s in manifest.SPLITS}
     merged = manifest.with_unknown(
@@ -34,8 +38,8 @@ def main() -> None:
     with atomic_dir(args.out) as tmp:
         for s in manifest.SPLITS:
             manifest.write(tmp / f"{s}.csv", merged[s], extra=("origin",))
-        write_json(tmp / "classes.json", {"classes": [*known.values(), manifest.UNKNOWN],
-                                          "ids": [*known.keys(), manifest.UNKNOWN],
+        extra = [manifest.UNKNOWN] if seen else []
+        write_json(tmp / "classes.json", {"classes": [*known.values(), *extra], "ids": [*known.keys(), *extra],
                                           "unknown_ids": seen, "holdout_ids": held})
         write_json(tmp / "split_report.json", report)
     counts = {s: sum(r["label"] == manifest.UNKNOWN for r in merged[s]) for s in manifest.SPLITS}

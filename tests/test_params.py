@@ -218,9 +218,28 @@ def test_load_modified_copy_reports_key(tmp_path, p):
 
 
 def test_known_classes_as_strings_in_order():
-    data = {"known_classes": {14: "stop", 1: "speed_30", "38": "keep_right"}}
-    assert P.known_classes(data) == {"14": "stop", "1": "speed_30", "38": "keep_right"}
-    assert list(P.known_classes(data)) == ["14", "1", "38"]
+    p = {"data": {"known_classes": {14: "stop", 1: "speed_30", "38": "keep_right"}}}
+    assert P.known_classes(p, set()) == {"14": "stop", "1": "speed_30", "38": "keep_right"}
+    assert list(P.known_classes(p, set())) == ["14", "1", "38"]
+
+
+def test_known_classes_all_takes_every_label_not_claimed_by_unknown():
+    p = {"data": {"known_classes": "all"}, "unknown": {"classes": [3], "holdout_classes": ["9"]}}
+    labels = {"0", "1", "2", "3", "9", "10"}
+    assert list(P.known_classes(p, labels)) == ["0", "1", "2", "10"]
+    named = {"data": {"known_classes": "all"}, "unknown": {"classes": [], "holdout_classes": []}}
+    assert list(P.known_classes(named, {"pizza", "sushi", "apple_pie"})) == ["apple_pie", "pizza", "sushi"]
+    with pytest.raises(PipelineError, match="leaves 1 class"):
+        P.known_classes(named, {"pizza"})
+    rest = {"data": {"known_classes": "all"}, "unknown": {"classes": "rest", "holdout_classes": []}}
+    with pytest.raises(PipelineError, match="needs unknown.classes as a list"):
+        P.known_classes(rest, labels)
+
+
+def test_known_classes_string_other_than_all_is_refused(p):
+    p["data"]["known_classes"] = "everything"
+    with pytest.raises(PipelineError, match="data.known_classes must be a mapping of label id -> name, or 'all'"):
+        P.validate(p)
 
 
 def test_flatten_dotted_keys_keeps_known_classes(p):

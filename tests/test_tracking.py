@@ -210,3 +210,16 @@ def test_run_name_and_git_commit(monkeypatch, tmp_path):
     assert tracking.git_commit(tmp_path) == ""
     commit = tracking.git_commit(REPO)
     assert commit == "" or (len(commit) == 40 and all(c in "0123456789abcdef" for c in commit))
+
+
+def test_queued_experiment_copy_writes_to_the_repository_store(tmp_path, monkeypatch):
+    """dvc queue / --temp run stages in .dvc/tmp/exps/<copy>/ with DVC_ROOT naming the real repository."""
+    from tlpipe.tracking import tracking_uri
+
+    copy = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmp_abc"
+    copy.mkdir(parents=True)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "repo"))
+    assert tracking_uri(copy) == f"sqlite:///{(tmp_path / 'repo' / 'mlflow.db').resolve()}"
+    monkeypatch.delenv("DVC_ROOT")
+    assert tracking_uri(copy) == f"sqlite:///{(copy / 'mlflow.db').resolve()}"

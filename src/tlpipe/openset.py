@@ -51,13 +51,14 @@ def table(test: dict[str, Any], valid: dict[str, Any], unknown_index: int | None
         sc, known = s.numpy().astype(np.float64), test["is_known"]
         thr = threshold_for_tpr(s_valid[name].numpy()[valid["is_known"]])
         pred = test["logits"].argmax(1).numpy()
+        both = bool(known.any() and (~known).any())  # AUROC needs known and unknown images
         out[name] = {
-            "auroc": round(float(roc_auc_score(known, sc)), 6),
-            "fpr_at_95tpr": round(fpr_at_tpr(known, sc), 6),
+            "auroc": round(float(roc_auc_score(known, sc)), 6) if both else None,
+            "fpr_at_95tpr": round(fpr_at_tpr(known, sc), 6) if both else None,
             "threshold": round(thr, 6),
             "open_set_accuracy": round(rejection_accuracy(pred, test["target"], known, sc, thr, unknown_index), 6),
             "known_accepted": round(float((sc[known] >= thr).mean()), 6),
-            "unknown_rejected": round(float((sc[~known] < thr).mean()), 6),
+            "unknown_rejected": round(float((sc[~known] < thr).mean()), 6) if (~known).any() else None,
         }
     return out
 

@@ -60,6 +60,11 @@ def _hex_digest(length: int) -> Check:
     return check
 
 
+def _known_spec(key: str, v: Any) -> None:
+    if isinstance(v, str) and v != "all":
+        raise PipelineError(f"params: {key} must be a mapping of label id -> name, or 'all'; got {v!r}")
+
+
 def _one_of(*choices: str) -> Check:
     def check(key: str, v: Any) -> None:
         if v not in choices:
@@ -121,7 +126,7 @@ SCHEMA: dict[str, Any] = {
         "test_list": Field((str,)),
         "bad_images": Field((str,), _one_of("error", "skip")),
         "max_per_class": Field((int,), _non_negative),
-        "known_classes": Field((dict,)),
+        "known_classes": Field((dict, str), _known_spec),
     },
     "split": {
         "train": Field(NUM, _fraction),
@@ -165,9 +170,9 @@ SCHEMA: dict[str, Any] = {
         "resume": Field((bool,)),
         "checkpoint_every": Field((int,), _positive),
     },
-    "evaluate": {"batch_size": Field((int,), _positive)},
+    "evaluate": {"batch_size": Field((int,), _positive), "gallery_images": Field((int,), _non_negative)},
     "registry": {"register": Field((bool,)), "model_name": Field((str,), _registered_name)},
-    "tracking": {"experiment": Field((str,))},
+    "tracking": {"experiment": Field((str,)), "connect_timeout": Field((int,), _positive)},
 }
 
 
@@ -198,13 +203,29 @@ def _validate(node: dict[str, Any], schema: dict[str, Any], prefix: str) -> None
             spec.check(full, value)
 
 
+def _check_unfreeze(p: dict[str, Any]) -> None:
+    """unfreeze_blocks can't exceed the backbone's block groups (counted without importing torch)."""
+    from .backbones import BLOCK_GROUPS
+
+    backbone = p["model"]["backbone"]
+    if backbone not in BLOCK_GROUPS:
+        raise PipelineError(f"params: model.backbone {backbone!r} is not one of {', '.join(BLOCK_GROUPS)}"
+                            f"{_suggest(str(backbone), list(BLOCK_GROUPS))}")
+    groups = BLOCK_GROUPS[backbone]
+    for key, phase in (("finetune", p["finetune"]), ("retrain.finetune", p["retrain"]["finetune"])):
+        if phase["unfreeze_blocks"] > groups:
+            raise PipelineError(f"params: {key}.unfreeze_blocks={phase['unfreeze_blocks']} exceeds the {groups} "
+                                f"block groups of model.backbone {backbone}")
+
+
 def _cross_checks(p: dict[str, Any]) -> None:
     s = p["split"]
     total = s["train"] + s["valid"] + s["test"]
     if abs(total - 1.0) > 1e-6:
         raise PipelineError(f"params: split.train + split.valid + split.test must sum to 1, got {total:g}")
-    if len(p["data"]["known_classes"]) < 2:
+    if isinstance(p["data"]["known_classes"], dict) and len(p["data"]["known_classes"]) < 2:
         raise PipelineError("params: data.known_classes needs at least two classes")
+    _check_unfreeze(p)
     classes = p["unknown"]["classes"]
     if isinstance(classes, str) and classes != "rest":
         raise PipelineError(f"params: unknown.classes must be a list of class ids or 'rest', got {classes!r}")
@@ -245,9 +266,21 @@ def load(path: str | Path = "params.yaml") -> dict[str, Any]:
     return validate(params)
 
 
-def known_classes(data: dict[str, Any]) -> dict[str, str]:
-    """Map dataset label id (as string) to readable name, in params order."""
-    return {str(k): str(v) for k, v in data["known_classes"].items()}
+def known_classes(p: dict[str, Any], labels: set[str]) -> dict[str, str]:
+    """Map dataset label id (as string) to readable name, in params order. `all`: every label of the data
+    that unknown.classes / unknown.holdout_classes do not claim, sorted (numbers numerically), named as is."""
+    spec = p["data"]["known_classes"]
+    if isinstance(spec, dict):
+        return {str(k): str(v) for k, v in spec.items()}
+    u = p["unknown"]
+    taken = set() if u["classes"] == "rest" else {str(c) for c in u["classes"]}
+    taken |= {str(c) for c in u["holdout_classes"]}
+    if u["classes"] == "rest":
+        raise PipelineError("params: data.known_classes 'all' needs unknown.classes as a list ([] = no unknown class)")
+    known = sorted(labels - taken, key=lambda x: (0, int(x), x) if x.isdigit() else (1, 0, x))
+    if len(known) < 2:
+        raise PipelineError(f"params: data.known_classes 'all' leaves {len(known)} class(es) in the data; need two")
+    return {k: k for k in known}
 
 
 def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,9 +14,16 @@ from .errors import PipelineError
 from .params import flatten
 
 
+def store_root(root: Path) -> Path:
+    """Where the default store lives: the repository DVC runs for. A queued or --temp experiment runs in a
+    throwaway copy under .dvc/tmp/exps/; DVC_ROOT names the real repository, so its runs land in the same
+    store as the workspace's instead of vanishing with the copy."""
+    return Path(os.environ.get("DVC_ROOT") or root)
+
+
 def tracking_uri(root: Path) -> str:
     """MLFLOW_TRACKING_URI when set, else a sqlite file in the repository root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(store_root(root) / 'mlflow.db').resolve()}"
 
 
 def run_name(stage: str) -> str:
@@ -56,13 +64,54 @@ class Tracker:
 
 def _experiment(mlflow: Any, name: str, root: Path, local: bool) -> None:
     if mlflow.get_experiment_by_name(name) is None:
-        location = (root / "mlartifacts").resolve().as_uri() if local else None
+        location = (store_root(root) / "mlartifacts").resolve().as_uri() if local else None
         try:
             mlflow.create_experiment(name, artifact_location=location)
         except Exception:  # noqa: BLE001 - a concurrent stage may have created it first
             if mlflow.get_experiment_by_name(name) is None:
                 raise
     mlflow.set_experiment(name)
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI (None for other stores and in-memory databases)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def check_sqlite(uri: str, timeout: float) -> None:
+    """Fail within `timeout` seconds when the sqlite store is locked by another process or is not a
+    database (MLflow itself would wait 20 s per query and retry engine creation for minutes)."""
+    path = sqlite_file(uri)
+    if path is None or not path.is_file():
+        return  # a new store: MLflow creates it
+    con = None
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=timeout, isolation_level=None)
+        con.execute("BEGIN IMMEDIATE")  # takes the write lock, as logging will
+        con.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        hint = f" after waiting {timeout:g} s (another process holds it)" if "locked" in str(exc) else ""
+        raise PipelineError(f"mlflow: tracking store {uri} is not usable: {exc}{hint}") from exc
+    finally:
+        if con is not None:
+            con.close()
+
+
+@contextmanager
+def bounded_http(timeout: int) -> Iterator[None]:
+    """While the stage checks its store: one retry and `timeout` s per HTTP request, unless the user set
+    MLflow's own limits (its defaults, 7 retries with backoff, take minutes to give up on a dead server)."""
+    bounds = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(timeout))}
+    added = {k: v for k, v in bounds.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 @contextmanager
@@ -72,11 +121,14 @@ def stage_run(stage: str, params: dict[str, Any], experiment: str, root: Path = 
 
     env_uri = os.environ.get("MLFLOW_TRACKING_URI")
     uri = tracking_uri(root)
+    timeout = int(params["tracking"]["connect_timeout"])
+    check_sqlite(uri, timeout)  # before MLflow's own waits and retries
     mlflow.set_tracking_uri(uri)  # note: MLflow also exports it to the environment
     run = None
     try:
-        _experiment(mlflow, experiment, root, local=not env_uri)
-        run = mlflow.start_run(run_name=run_name(stage))
+        with bounded_http(timeout):
+            _experiment(mlflow, experiment, root, local=not env_uri)
+            run = mlflow.start_run(run_name=run_name(stage))
     except Exception as exc:  # noqa: BLE001
         raise PipelineError(f"mlflow: tracking store {uri} is not usable: {str(exc).splitlines()[0][:200]}") from exc
     try:

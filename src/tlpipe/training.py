@@ -15,9 +15,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
-
-from . import models
+from . import models, progress
 from .atomic import atomic_path
 from .data.transforms import Augment, make_augment, normalize
 
@@ -128,7 +126,7 @@ def run_groups(net: models.Net, images: torch.Tensor, pp: Preproc, stop: int | N
         net.to(memory_format=torch.channels_last)
     outs = []
     steps = range(0, len(images), pp.batch)
-    for i in tqdm(steps, desc=desc or "features", disable=not desc or len(steps) < 4, mininterval=2.0):
+    for i in (progress.bar(steps, desc, unit="batches") if desc and len(steps) >= 4 else steps):
         x = images[i : i + pp.batch].to(pp.device)
         x = _prep(tf(x) if tf is not None else x, pp)
         outs.append(net.features(x) if stop is None else net.forward_groups(x, 0, stop))
@@ -407,7 +405,7 @@ def _epochs(loop: _Loop, res: FitResult, saved: dict[str, Any] | None, y: torch.
         tot, correct = 0.0, 0.0
         train_mode()
         lr = opt.param_groups[0]["lr"]
-        for i in steps:
+        for i in progress.bar(steps, f"epoch {epoch}/{ph.epochs}", unit="batches", leave=False, summary=False):
             idx = order[i : i + ph.batch_size]
             l_sum, c = _train_step(logits_of, inputs(idx, gen), y[idx], loss_fn, opt, ph, loop.mixer, loop.trainable)
             tot, correct = tot + l_sum, correct + c

@@ -19,12 +19,16 @@ ALLOWED_SCHEMES = ("http", "https", "file")
 CHUNK = 1 << 20
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
+def digest_of(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(CHUNK), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def sha256_of(path: Path) -> str:
+    return digest_of(path, "sha256")
 
 
 def _check_scheme(url: str) -> str:
@@ -91,8 +95,8 @@ def _http_fetch(url: str, part: Path, retries: int, timeout: float) -> None:
         time.sleep(min(2.0**attempt * 0.5, 10.0))
 
 
-def fetch(url: str, dest: Path, sha256: str = "", retries: int = 4, timeout: float = 60.0) -> Path:
-    """Download `url` to `dest` (atomically); verify `sha256` when given; remove a bad file."""
+def fetch(url: str, dest: Path, sha256: str = "", retries: int = 4, timeout: float = 60.0, md5: str = "") -> Path:
+    """Download `url` to `dest` (atomically); verify `sha256` and `md5` when given; remove a bad file."""
     scheme = _check_scheme(url)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -101,10 +105,12 @@ def fetch(url: str, dest: Path, sha256: str = "", retries: int = 4, timeout: flo
         _copy_file_url(url, part)
     else:
         _http_fetch(url, part, retries, timeout)
-    if sha256:
-        got = sha256_of(part)
-        if got != sha256.lower():
-            part.unlink()
-            raise PipelineError(f"download: sha256 mismatch for {url}: expected {sha256}, got {got} (file removed)")
+    for algorithm, expected in (("sha256", sha256), ("md5", md5)):
+        if expected:
+            got = digest_of(part, algorithm)
+            if got != expected.lower():
+                part.unlink()
+                raise PipelineError(f"download: {algorithm} mismatch for {url}: expected {expected}, got {got} "
+                                    f"(file removed)")
     os.replace(part, dest)
     return dest

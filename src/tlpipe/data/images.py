@@ -17,8 +17,8 @@ from . import archive as arc
 Image.MAX_IMAGE_PIXELS = 64_000_000  # larger images are refused as decompression bombs
 
 
-def decode(data: bytes, name: str, size: int) -> np.ndarray:
-    """Decode image bytes to an RGB uint8 array of shape (size, size, 3)."""
+def decode(data: bytes, name: str, size: int | None) -> np.ndarray:
+    """Decode image bytes to an RGB uint8 array of shape (size, size, 3) (size None: not resized)."""
     if not data:
         raise PipelineError(f"image {name}: empty file")
     try:
@@ -27,7 +27,8 @@ def decode(data: bytes, name: str, size: int) -> np.ndarray:
             with Image.open(io.BytesIO(data)) as img:
                 img.load()
                 img = _to_rgb(img)
-                img = img.resize((size, size), Image.Resampling.BILINEAR)
+                if size is not None:
+                    img = img.resize((size, size), Image.Resampling.BILINEAR)
                 return np.array(img, dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PipelineError(f"image {name}: too many pixels (decompression bomb?)") from exc

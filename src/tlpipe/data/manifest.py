@@ -59,21 +59,109 @@ def _allocate(n_groups: int, fractions: dict[str, float], label: str) -> dict[st
     return counts
 
 
-def split(rows: list[Row], fractions: dict[str, float], seed: int, by_group: bool = True) -> dict[str, list[Row]]:
-    """Stratified, seeded split by whole groups (per class), so no group spans two splits."""
-    if not by_group:
-        rows = [{**r, "group": r["path"]} for r in rows]
+def _take_images(order: list[str], groups: dict[str, list[Row]], start: int, n: int) -> int:
+    """Index after the whole groups, from `start`, that first reach `n` images (len(order) + 1 if they never do)."""
+    have = 0
+    while have < n:
+        if start >= len(order):
+            return len(order) + 1
+        have += len(groups[order[start]])
+        start += 1
+    return start
+
+
+def _assign(label: str, order: list[str], groups: dict[str, list[Row]], make: tuple[str, ...],
+            fractions: dict[str, float], per_class: dict[str, int]) -> dict[str, list[str]]:
+    """Groups of one class per split: counted splits (per_class > 0) first, the rest by fractions."""
+    out: dict[str, list[str]] = {s: [] for s in make}
+    counted = [s for s in ("test", "valid") if s in make and per_class.get(s, 0) > 0]
+    start = 0
+    for s in counted:
+        end = _take_images(order, groups, start, per_class[s])
+        out[s] = order[start:end]
+        start = end
+    rest = order[start:]
+    free = [s for s in make if s not in counted]
+    total = sum(fractions[s] for s in free)
+    images = sum(len(g) for g in groups.values())
+    if start > len(order) or not rest or (total > 0 and len(rest) < sum(fractions[s] > 0 for s in free)):
+        wanted = " + ".join(f"{per_class[s]} {s}" for s in counted)
+        raise PipelineError(
+            f"split: class {label!r} has {images} image(s) in {len(order)} group(s), too few for {wanted} per class "
+            f"and a share for {', '.join(free)} (lower split.valid_per_class / split.test_per_class, or add data)")
+    shares = {s: (fractions[s] / total if total > 0 else float(s == "train")) for s in SPLITS}
+    shares = {s: (shares[s] if s in free else 0.0) for s in SPLITS}
+    counts = _allocate(len(rest), shares, label)
+    i = 0
+    for s in SPLITS:
+        if s in free:
+            out[s] = rest[i : i + counts[s]]
+        i += counts[s]
+    return out
+
+
+def _split_pool(rows: list[Row], make: tuple[str, ...], fractions: dict[str, float], seed: int,
+                per_class: dict[str, int]) -> dict[str, list[Row]]:
     rng = np.random.default_rng(seed)
     out: dict[str, list[Row]] = {s: [] for s in SPLITS}
     for label, groups in sorted(_groups_by_label(rows).items()):
         names = sorted(groups)
         order = [names[i] for i in rng.permutation(len(names))]
-        counts = _allocate(len(order), fractions, label)
-        start = 0
-        for s in SPLITS:
-            for g in order[start : start + counts[s]]:
+        if make == SPLITS and not any(per_class.get(s, 0) > 0 for s in SPLITS):
+            counts = _allocate(len(order), fractions, label)
+            start = 0
+            for s in SPLITS:
+                for g in order[start : start + counts[s]]:
+                    out[s].extend(groups[g])
+                start += counts[s]
+            continue
+        for s, chosen in _assign(label, order, groups, make, fractions, per_class).items():
+            for g in chosen:
                 out[s].extend(groups[g])
-            start += counts[s]
+    return out
+
+
+def fixed_splits(rows: list[Row]) -> set[str]:
+    """The splits the data itself fixes (index column `split`); empty when it fixes none."""
+    given = {r.get("split") or "" for r in rows}
+    if given <= {""}:
+        return set()
+    if "" in given:
+        raise PipelineError("index: some rows have a split and others none; give every image a split or none")
+    unknown = sorted(given - set(SPLITS))
+    if unknown:
+        raise PipelineError(f"index: unknown split value(s) {unknown} (use {', '.join(SPLITS)})")
+    if "train" not in given:
+        raise PipelineError(f"index: the data fixes the splits {sorted(given)} but has no train split")
+    return given
+
+
+def split(rows: list[Row], fractions: dict[str, float], seed: int, by_group: bool = True,
+          per_class: dict[str, int] | None = None) -> dict[str, list[Row]]:
+    """Stratified, seeded split by whole groups (per class), so no group spans two splits.
+
+    Rows whose `split` is fixed by the data (a test list, train/ valid/ test/ folders) keep it; the
+    splits the data lacks are carved out of its train rows, with the fractions renormalised over
+    the splits being made. `per_class` {"valid": n, "test": n}: a split with n > 0 takes whole
+    groups of each class until it holds n images (overriding its fraction); train keeps the rest."""
+    per_class = per_class or {}
+    if not by_group:
+        rows = [{**r, "group": r["path"]} for r in rows]
+    given = fixed_splits(rows)
+    if not given:
+        out = _split_pool(rows, SPLITS, fractions, seed, per_class)
+    else:
+        fixed = {s: [r for r in rows if r["split"] == s] for s in given if s != "train"}
+        labels = sorted({r["label"] for r in rows})
+        for s, part in fixed.items():
+            have = {r["label"] for r in part}
+            missing = [lab for lab in labels if lab not in have]
+            if missing:
+                raise PipelineError(f"split: class {missing[0]!r} has no images in the data's {s} split")
+        make = ("train", *[s for s in ("valid", "test") if s not in given])
+        out = _split_pool([r for r in rows if r["split"] == "train"], make, fractions, seed, per_class)
+        for s, part in fixed.items():
+            out[s] = out[s] + part
     return {s: sorted(v, key=lambda r: r["path"]) for s, v in out.items()}
 
 
@@ -127,14 +215,30 @@ def unknown_ids(labels: set[str], known: set[str], classes: list | str, holdout:
     both = set(seen) & set(held)
     if both:
         raise PipelineError(f"params: unknown.classes and unknown.holdout_classes share {sorted(both)}")
-    if not seen:
-        raise PipelineError("params: unknown.classes selects no class")
+    if not seen and classes == "rest":
+        raise PipelineError("params: unknown.classes 'rest' selects no class (every class is known or held out)")
     return seen, held
+
+
+def _select_fixed(pool: list[Row], quotas: dict[str, int], seed: int) -> dict[str, list[Row]]:
+    """select_unknown for data with fixed splits: test unknowns come only from the data's test rows,
+    valid ones from its valid rows (else from train), train ones from its train rows."""
+    by = {s: [r for r in pool if r.get("split") == s] for s in SPLITS}
+    zero = {s: 0 for s in SPLITS}
+    parts = [select_unknown(by["test"], {**zero, "test": quotas["test"]}, seed)]
+    if by["valid"]:
+        parts.append(select_unknown(by["valid"], {**zero, "valid": quotas["valid"]}, seed))
+        parts.append(select_unknown(by["train"], {**zero, "train": quotas["train"]}, seed))
+    else:
+        parts.append(select_unknown(by["train"], {**zero, "valid": quotas["valid"], "train": quotas["train"]}, seed))
+    return {s: sorted((r for p in parts for r in p[s]), key=lambda r: r["path"]) for s in SPLITS}
 
 
 def with_unknown(known_splits: dict[str, list[Row]], pool: list[Row], holdout: list[Row],
                  quotas: dict[str, int], holdout_test: int, seed: int) -> dict[str, list[Row]]:
-    """Known rows keep their split; seen-unknown groups fill every split, held-out classes only test."""
-    chosen = select_unknown(pool, quotas, seed)
-    held = select_unknown(holdout, {"train": 0, "valid": 0, "test": holdout_test}, seed + 1) if holdout else {}
+    """Known rows keep their split; seen-unknown groups fill every split, held-out classes only test.
+    When the data fixes splits, unknown images keep to them too (see _select_fixed)."""
+    select = _select_fixed if fixed_splits(pool + holdout) else select_unknown
+    chosen = select(pool, quotas, seed)
+    held = select(holdout, {"train": 0, "valid": 0, "test": holdout_test}, seed + 1) if holdout else {}
     return {s: known_splits[s] + chosen[s] + held.get(s, []) for s in SPLITS}

@@ -1,23 +1,29 @@
-"""Dataset sources: each writes its raw data into a folder and returns index rows (path,label,group)."""
+"""Dataset sources: each writes its raw data into a folder and returns index rows
+(path,label,group, plus split when the data fixes it)."""
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 import re
 import urllib.parse
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from ..errors import PipelineError
 from . import archive as arc
+from . import cifar, folders, tree
 from .download import fetch
 
 Row = dict[str, str]
 GT_CSV = re.compile(r"(^|/)GT-(\d{5})\.csv$")
+GTSRB_URL = "https://sid.erda.dk/public/archives/daaeac0d7ce1152aea9b61d9f1e19370/GTSRB_Final_Training_Images.zip"
+DATASETS = ("digits", "gtsrb", "cifar10", "filelist", "imagefolder")
 
 
 def digits(raw: Path) -> list[Row]:
@@ -66,26 +72,64 @@ def gtsrb_index(archive: Path) -> list[Row]:
     return rows
 
 
-def gtsrb(raw: Path, url: str, sha256: str) -> list[Row]:
+def gtsrb(raw: Path, url: str, sha256: str, md5: str = "") -> list[Row]:
     """Download the GTSRB training archive into `raw` (kept as is) and index it."""
     name = Path(urllib.parse.urlparse(url).path).name or "GTSRB_Final_Training_Images.zip"
-    archive = fetch(url, raw / name, sha256=sha256)
+    archive = fetch(url, raw / name, sha256=sha256, md5=md5)
     return gtsrb_index(archive)
 
 
+def describe(data: dict[str, Any]) -> str:
+    """Where a dataset comes from, for messages."""
+    if data["dataset"] in ("filelist", "imagefolder"):
+        return f"{data['dataset']} {data['url'] or data['root']}"
+    return f"{data['dataset']} {data['url']}" if data["url"] else data["dataset"]
+
+
+def build(raw: Path, data: dict[str, Any]) -> list[Row]:
+    """Write the dataset named by the `data` params section into `raw`; return its index rows."""
+    name, url, sha256, md5 = data["dataset"], data["url"], data["sha256"], data["md5"]
+    if name == "digits":
+        return digits(raw)
+    if name == "gtsrb":
+        return gtsrb(raw, url or GTSRB_URL, sha256, md5)
+    if name == "cifar10":
+        url = url or cifar.URL
+        return cifar.cifar10(raw, url, sha256, md5 or (cifar.MD5 if url == cifar.URL else ""))
+    if name not in ("filelist", "imagefolder"):
+        raise PipelineError(f"params: data.dataset must be one of {', '.join(DATASETS)}; got {name!r}")
+    if bool(url) == bool(data["root"]):
+        raise PipelineError(f"params: data.dataset {name} needs exactly one of data.root (a local folder) "
+                            f"and data.url (a zip or tar archive)")
+    if name == "filelist" and not data["train_list"]:
+        raise PipelineError("params: data.dataset filelist needs data.train_list")
+    with tree.open_root(raw, data["root"], url, sha256, md5) as t:
+        if name == "filelist":
+            return folders.filelist(t, raw, data["train_list"], data["test_list"])
+        return folders.imagefolder(t, raw)
+
+
 def limit_per_class(rows: list[Row], max_per_class: int) -> list[Row]:
-    """Keep whole groups, in sorted order, until each class has at least `max_per_class` images."""
+    """Keep whole groups, in sorted order, until each class has at least `max_per_class` images.
+
+    When the data fixes splits, each (class, split) keeps its share of the limit
+    (ceil(limit * images in the split / images of the class)), so a test split stays a test split."""
     if max_per_class <= 0:
         return rows
     by_group: dict[str, list[Row]] = defaultdict(list)
+    totals: dict[str, int] = defaultdict(int)
+    per_split: dict[tuple[str, str], int] = defaultdict(int)
     for row in rows:
         by_group[row["group"]].append(row)
-    counts: dict[str, int] = defaultdict(int)
+        totals[row["label"]] += 1
+        per_split[(row["label"], row.get("split", ""))] += 1
+    cap = {key: math.ceil(max_per_class * n / totals[key[0]]) for key, n in per_split.items()}
+    counts: dict[tuple[str, str], int] = defaultdict(int)
     kept: list[Row] = []
     for group in sorted(by_group):
         members = by_group[group]
-        label = members[0]["label"]
-        if counts[label] < max_per_class:
+        key = (members[0]["label"], members[0].get("split", ""))
+        if counts[key] < cap[key]:
             kept.extend(members)
-            counts[label] += len(members)
+            counts[key] += len(members)
     return kept

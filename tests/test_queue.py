@@ -1,0 +1,63 @@
+"""Queued experiments: `dvc exp run --queue` twice, `dvc queue start -j 2`; both finish, both show in
+`dvc exp show` and in the repository's MLflow store under their own run names."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from test_e2e import FAST, commit, copy_repo, dvc, set_params
+
+pytestmark = pytest.mark.slow
+
+LRS = ("0.0005", "0.002")
+
+
+def _wait_for_queue(repo: Path, n: int, timeout: float = 1200) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = dvc("queue", "status", cwd=repo)
+        done = status.count("Success") + status.count("Failed")
+        if done >= n:
+            return status
+        time.sleep(5)
+    raise AssertionError(f"queue did not finish in {timeout} s:\n{status}")
+
+
+def test_two_queued_experiments_run_in_parallel(tmp_path: Path) -> None:
+    repo = copy_repo(tmp_path / "repo")
+    set_params(repo, {**FAST, "data.max_per_class": 30, "train_head.epochs": 5, "retrain.head.epochs": 5,
+                      "unknown.train_images": 30, "unknown.valid_images": 10, "unknown.test_images": 20})
+    commit(repo, "baseline")
+    for lr in LRS:
+        dvc("exp", "run", "--queue", "-S", f"finetune.lr={lr}", cwd=repo)
+    dvc("queue", "start", "-j", "2", cwd=repo)
+    status = _wait_for_queue(repo, len(LRS))
+    assert status.count("Success") == len(LRS), status
+
+    shown = json.loads(dvc("exp", "show", "--json", cwd=repo))
+    exps = {}
+    for rev in shown:
+        for exp in rev.get("experiments") or []:
+            data = exp["revs"][0]["data"]
+            lr = data["params"]["params.yaml"]["data"]["finetune"]["lr"]
+            exps[str(lr)] = (exp["name"], data["metrics"])
+    assert set(exps) == {str(float(lr)) for lr in LRS}, exps
+    metrics = [m for _, m in exps.values()]
+    for m in metrics:
+        assert "metrics/evaluate_retrained.json" in m and "metrics/finetune.json" in m, m.keys()
+    # same upstream params: the two concurrent runs trained the same head, bit for bit
+    heads = [m["metrics/train_head.json"]["data"] for m in metrics]
+    assert heads[0] == heads[1]
+
+    # both in the repository's store (not the throwaway copies), under their own experiment names
+    db = sqlite3.connect(repo / "mlflow.db")
+    names = {n for (n,) in db.execute("select name from runs where status='FINISHED'")}
+    db.close()
+    for name, _ in exps.values():
+        for stage in ("train_head", "finetune", "retrain", "evaluate_finetuned", "evaluate_retrained"):
+            assert f"{name}-{stage}" in names, (name, stage, sorted(names))
