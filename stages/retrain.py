@@ -1,11 +1,12 @@
-"""Stage retrain: the finetuned model with K+1 outputs (known + unknown): head first, then unfrozen blocks."""
+"""Stage retrain: the finetuned model with K+1 outputs (known + unknown): head first, then unfrozen blocks;
+the best model is then logged to the run as a pyfunc model and registered (params: registry)."""
 
 import argparse
 from pathlib import Path
 
 import _path  # noqa: F401
 
-from tlpipe import checkpoint, models, params as P, workflow
+from tlpipe import checkpoint, models, params as P, serving, workflow
 from tlpipe.stage import entry
 from tlpipe.training import Phase
 
@@ -28,6 +29,10 @@ def main() -> None:
         "retrain", "retrained", p, args.split, args.cache, args.raw,
         [("head", Phase.from_params(p["retrain"]["head"])), ("finetune", Phase.from_params(p["retrain"]["finetune"]))],
         init)
+    if p["registry"]["register"]:
+        name, version = serving.register(Path("models/retrained.pt"), serving.example_image(args.split, args.raw),
+                                         p["registry"]["model_name"], serving.last_run_id())
+        print(f"retrain: registered models:/{name}/{version}")
 
 
 if __name__ == "__main__":

@@ -127,3 +127,66 @@ def test_write_text_utf8(tmp_path):
     out = tmp_path / "r.txt"
     write_text(out, "Vorfahrt straße ✓\n")
     assert out.read_bytes() == "Vorfahrt straße ✓\n".encode("utf-8")
+
+
+def _killed_writer(tmp_path, target, kind: str):
+    """A child process that starts an atomic write of `target`, then is SIGKILLed mid-write."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    code = (f"import sys, time; sys.path.insert(0, {str(src)!r})\n"
+            "from tlpipe.atomic import atomic_dir, atomic_path\n"
+            f"with atomic_{kind}({str(target)!r}) as tmp:\n"
+            "    (tmp / 'part.bin' if tmp.is_dir() else tmp).write_bytes(b'half')\n"
+            "    print('writing', flush=True)\n"
+            "    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("kind", ["path", "dir"])
+def test_sigkill_mid_write_leaves_old_output_then_next_write_cleans(tmp_path, kind):
+    target = tmp_path / ("model.pt" if kind == "path" else "raw")
+    if kind == "path":
+        target.write_text("old", encoding="utf-8")
+    else:
+        target.mkdir()
+        (target / "old.txt").write_text("old", encoding="utf-8")
+    _killed_writer(tmp_path, target, kind)
+    # SIGKILL skipped every finally: the old output is intact, one stale temporary is left beside it
+    if kind == "path":
+        assert target.read_text(encoding="utf-8") == "old"
+    else:
+        assert [p.name for p in target.iterdir()] == ["old.txt"]
+    assert len(_leftovers(tmp_path)) == 1
+    # the next write of the same output removes the dead writer's temporary
+    if kind == "path":
+        write_text(target, "new")
+        assert target.read_text(encoding="utf-8") == "new"
+    else:
+        with atomic_dir(target) as tmp:
+            (tmp / "new.txt").write_text("new", encoding="utf-8")
+        assert [p.name for p in target.iterdir()] == ["new.txt"]
+    assert _leftovers(tmp_path) == []
+
+
+def test_clean_stale_keeps_live_writers_and_other_outputs(tmp_path):
+    import os
+
+    from tlpipe.atomic import clean_stale
+
+    live = tmp_path / f".m.json.~{os.getppid()}~abc.tmp"  # the parent process (pytest's launcher) is alive
+    other = tmp_path / ".n.json.~999999999~abc.tmp"  # another output's temporary
+    dead = tmp_path / ".m.json.~999999999~abc.tmp"  # no such pid
+    dead_dir = tmp_path / ".m.json.~999999999~def-old.tmp"
+    for p in (live, other, dead):
+        p.write_text("x", encoding="utf-8")
+    dead_dir.mkdir()
+    (dead_dir / "f").write_text("x", encoding="utf-8")
+    assert sorted(p.name for p in clean_stale(tmp_path / "m.json")) == sorted([dead.name, dead_dir.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])

@@ -1,9 +1,16 @@
-"""Atomic writes: an output either is complete or does not exist."""
+"""Atomic writes: an output either is complete or does not exist.
+
+Each output is written under a temporary name in its own folder and renamed into place, so a
+process killed at any moment (even by SIGKILL, which skips every `finally`) leaves the previous
+output or none, never a half-written one. Temporaries are named `.<name>.~<pid>~<random>.tmp`;
+the next write of the same output removes those whose process no longer runs.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -17,12 +24,52 @@ def _umask() -> int:
     return mask
 
 
+def _prefix(path: Path) -> str:
+    return f".{path.name}.~{os.getpid()}~"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _remove(p: Path) -> None:
+    try:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    except FileNotFoundError:  # another writer cleaned it first
+        pass
+
+
+def clean_stale(path: str | Path) -> list[Path]:
+    """Remove temporaries of `path` left by killed processes; return what was removed."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.~(\d+)~[^~/]*\.tmp$")
+    removed = []
+    for p in path.parent.iterdir():
+        m = pattern.match(p.name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            _remove(p)
+            removed.append(p)
+    return removed
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    clean_stale(path)
+    fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
@@ -36,19 +83,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder; it replaces `path` only if the block succeeds."""
+    """Yield a temporary folder; it replaces `path` only if the block succeeds.
+
+    The old folder is renamed aside before the new one is renamed in, so a kill between the two
+    leaves no folder (never a half-deleted one); the aside copy is removed afterwards."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    clean_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
+    old = tmp.with_name(tmp.name[: -len(".tmp")] + "-old.tmp")
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
+        if path.exists() or path.is_symlink():
+            os.replace(path, old)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        for leftover in (tmp, old):
+            if leftover.exists() or leftover.is_symlink():
+                _remove(leftover)
 
 
 def write_text(path: str | Path, text: str) -> None:

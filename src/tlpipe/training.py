@@ -112,6 +112,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def to_channels_last(net: nn.Module) -> None:
+    """NHWC weights for NHWC inputs; a no-op (no weight copies) when they already are."""
+    if any(p.dim() == 4 and not p.is_contiguous(memory_format=torch.channels_last) for p in net.parameters()):
+        net.to(memory_format=torch.channels_last)
+
+
 def _prep(x: torch.Tensor, pp: Preproc) -> torch.Tensor:
     x = normalize(x.to(pp.device), pp.mean, pp.std)  # uint8, or float in [0, 1] from BatchAugment
     return x.contiguous(memory_format=torch.channels_last) if pp.channels_last else x
@@ -123,7 +129,7 @@ def run_groups(net: models.Net, images: torch.Tensor, pp: Preproc, stop: int | N
     """Eval-mode pass of groups[:stop] (pooled features when stop is None) over uint8 images."""
     net.eval()
     if pp.channels_last:
-        net.to(memory_format=torch.channels_last)
+        to_channels_last(net)
     outs = []
     steps = range(0, len(images), pp.batch)
     for i in (progress.bar(steps, desc, unit="batches") if desc and len(steps) >= 4 else steps):
@@ -530,7 +536,7 @@ def fit(net: models.Net, train: Data, valid: Data, ph: Phase, pp: Preproc, hook:
     """Train per `ph`: head only on cached features when unfreeze_blocks is 0, else partial fine-tuning."""
     net.to(pp.device)
     if pp.channels_last:
-        net.to(memory_format=torch.channels_last)
+        to_channels_last(net)
     if ph.unfreeze_blocks == 0:
         return fit_head(net, train, valid, ph, pp, hook, resume)
     return fit_partial(net, train, valid, ph, pp, hook, resume)
