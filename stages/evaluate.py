@@ -10,10 +10,12 @@ predicting `unknown`. Both are scored on known-vs-unknown separation in one tabl
 import argparse
 from pathlib import Path
 
+import torch
+
 import _path  # noqa: F401
 
 from tlpipe import calibration, checkpoint, evaluation, openset, params as P, tracking, workflow
-from tlpipe.atomic import write_json, write_text
+from tlpipe.atomic import atomic_dir, write_json, write_text
 from tlpipe.data import manifest
 from tlpipe.stage import entry
 from tlpipe.training import set_seed
@@ -49,11 +51,16 @@ def main() -> None:
         }
         metrics["open_set"] = workflow.open_set_report(test, valid, classes, t)
         reports, plots = Path("reports") / args.name, Path("plots")
-        write_text(reports / "classification_report.txt", evaluation.report_text(target, logits, classes))
-        write_json(reports / "classification_report.json", evaluation.report_dict(target, logits, classes))
+        with atomic_dir(reports) as tmp:  # the folder is one DVC output: complete or absent
+            write_text(tmp / "classification_report.txt", evaluation.report_text(target, logits, classes))
+            write_json(tmp / "classification_report.json", evaluation.report_dict(target, logits, classes))
         evaluation.write_confusion_csv(plots / f"confusion_{args.name}.csv", target, logits, classes)
+        evaluation.write_per_class_csv(plots / f"per_class_{args.name}.csv", metrics["per_class"])
         evaluation.confusion_png(plots / f"confusion_{args.name}.png", target, logits, classes,
                                  f"{args.name} model, test split (n={len(target)})")
+        images = workflow.split_images(args.split, "test", args.raw, pp.size, args.cache)[torch.from_numpy(keep)]
+        evaluation.misclassified_png(plots / f"misclassified_{args.name}.png", images, target, logits, classes,
+                                     f"{args.name} model, misclassified test images", p["evaluate"]["gallery_images"])
         calibration.reliability_png(plots / f"reliability_{args.name}.png", logits, target, t,
                                     f"{args.name} model: reliability on test")
         primary = metrics["open_set"]["primary_score"]
@@ -65,12 +72,13 @@ def main() -> None:
         tr.metrics({k: v for k, v in metrics.items() if k != "per_class"}, prefix="test_")
         tr.metrics(metrics["per_class"], prefix="test_")
         for f in (metrics_path, reports / "classification_report.txt", reports / "classification_report.json",
-                  plots / f"confusion_{args.name}.png", plots / f"reliability_{args.name}.png"):
+                  plots / f"confusion_{args.name}.png", plots / f"reliability_{args.name}.png",
+                  plots / f"misclassified_{args.name}.png"):
             tr.artifact(f)
     os_ = metrics["open_set"]
     print(f"evaluate {args.name}: test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
           f"ECE {metrics['calibration']['ece']:.4f} -> {metrics['calibration']['ece_scaled']:.4f} (T={t:.2f}), "
-          f"{primary} AUROC {os_['scores'][primary]['auroc']:.4f}, unseen-unknown recall "
+          f"{primary} AUROC {os_['scores'][primary]['auroc']}, unseen-unknown recall "
           f"{(os_.get('unseen') or {}).get('unknown_recall')} -> {metrics_path}, {reports}/, plots/")
 
 

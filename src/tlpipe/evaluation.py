@@ -63,6 +63,15 @@ def write_confusion_csv(path: str | Path, targets: torch.Tensor, logits: torch.T
             w.writerow([names[t], names[p]])
 
 
+def write_per_class_csv(path: str | Path, per_class: dict[str, dict[str, Any]]) -> None:
+    """One row per class (class,precision,recall,f1,support), for DVC's bar_horizontal template."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["class", "precision", "recall", "f1", "support"])
+        for name, m in per_class.items():
+            w.writerow([name, f"{m['precision']:.6f}", f"{m['recall']:.6f}", f"{m['f1-score']:.6f}", int(m["support"])])
+
+
 def confusion_png(path: str | Path, targets: torch.Tensor, logits: torch.Tensor, names: Sequence[str], title: str) -> None:
     """Confusion matrix with the count written in every cell, rows normalised for colour."""
     cm = confusion_matrix(targets.numpy(), logits.argmax(1).numpy(), labels=list(range(len(names))))
@@ -115,12 +124,42 @@ def curves_png(path: str | Path, history: list[dict[str, float]], title: str, be
 
 
 def write_roc_csv(path: str | Path, is_known: np.ndarray, score: np.ndarray) -> None:
-    """ROC points (fpr, tpr) of a known-vs-unknown score, for DVC's linear plot template."""
+    """ROC points (fpr, tpr) of a known-vs-unknown score, for DVC's linear plot template (header only when
+    the test split has no unknown images: there is no curve to draw)."""
     from sklearn.metrics import roc_curve
 
-    fpr, tpr, _ = roc_curve(is_known, score)
+    both = bool(np.any(is_known) and not np.all(is_known))
+    fpr, tpr, _ = roc_curve(is_known, score) if both else ([], [], None)
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["fpr", "tpr"])
         for a, b in zip(fpr, tpr):
             w.writerow([f"{a:.6f}", f"{b:.6f}"])
+
+
+def misclassified_png(path: str | Path, images: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
+                      names: Sequence[str], title: str, limit: int) -> int:
+    """A grid of up to `limit` misclassified images (uint8 NCHW), each titled true -> predicted (probability),
+    most confident mistakes first. Returns how many images were wrong in total."""
+    probs = logits.softmax(1)
+    conf, pred = probs.max(1)
+    wrong = torch.nonzero(pred != targets).flatten()
+    order = wrong[torch.argsort(conf[wrong], descending=True, stable=True)][:limit]
+    cols = max(1, min(6, len(order)))
+    rows = max(1, -(-len(order) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.4 * rows + 0.5), dpi=110, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    if not len(order):
+        axes[0, 0].text(0.5, 0.5, "no misclassified\ntest images", ha="center", va="center", fontsize=11)
+    for ax, i in zip(axes.flat, order.tolist()):
+        ax.imshow(images[i].permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(f"true {names[int(targets[i])]}\npred {names[int(pred[i])]} ({float(conf[i]):.2f})",
+                     fontsize=8, color="darkred")
+    fig.suptitle(f"{title}: {len(wrong)} of {len(targets)} wrong" + (f", {len(order)} shown" if len(wrong) > len(order) else ""),
+                 fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return int(len(wrong))

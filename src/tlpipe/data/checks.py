@@ -7,9 +7,9 @@ import csv
 from collections import Counter
 from pathlib import Path
 
-from tqdm import tqdm
 
 from ..atomic import atomic_path
+from .. import progress
 from ..errors import PipelineError
 from . import archive as arc
 from . import images
@@ -35,7 +35,7 @@ def scan(raw: Path, rows: list[Row], policy: str) -> tuple[list[Row], list[Row]]
     bad: list[Row] = []
     reader = images.Reader(raw)
     try:
-        for row in tqdm(rows, desc="check images", unit="img", mininterval=2.0, disable=len(rows) < 2000):
+        for row in progress.bar(rows, "check images", unit="images"):
             where = _where(row)
             try:
                 images.decode(reader.read(row["path"]), where, None)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .. import progress
 from ..errors import PipelineError
 
 ALLOWED_SCHEMES = ("http", "https", "file")
@@ -65,13 +66,18 @@ def _stream(url: str, part: Path, timeout: float) -> None:
         mode = "ab" if resumed else "wb"
         length = resp.headers.get("Content-Length")
         total = (int(length) + (have if resumed else 0)) if length else None
+        name = Path(urllib.parse.urlparse(url).path).name
+        t0 = time.perf_counter()
         with open(part, mode) as f, tqdm(
             total=total, initial=have if resumed else 0, unit="B", unit_scale=True,
-            desc=f"download {Path(urllib.parse.urlparse(url).path).name}", mininterval=1.0,
+            desc=f"download {name}", mininterval=1.0, disable=not progress.interactive(),
         ) as bar:
             for block in iter(lambda: resp.read(CHUNK), b""):
                 f.write(block)
                 bar.update(len(block))
+        if not progress.interactive():
+            print(f"download {name}: {part.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s",
+                  flush=True)
         if total is not None and part.stat().st_size < total:
             raise ConnectionError(f"connection closed after {part.stat().st_size} of {total} bytes")
 

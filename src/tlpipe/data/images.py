@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
+from .. import progress
 from ..errors import PipelineError
 from . import archive as arc
 
@@ -85,7 +85,7 @@ def load_array(paths: list[str], root: Path, size: int, desc: str = "decode") ->
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     reader = Reader(root)
     try:
-        for i, p in enumerate(tqdm(paths, desc=desc, unit="img", mininterval=2.0, disable=len(paths) < 500)):
+        for i, p in enumerate(progress.bar(paths, desc, unit="images")):
             out[i] = decode(reader.read(p), p, size)
     finally:
         reader.close()
