@@ -4,6 +4,8 @@ unusable tracking store is a PipelineError naming the URI."""
 from __future__ import annotations
 
 import copy
+import os
+import sqlite3
 import shutil
 from pathlib import Path
 
@@ -223,3 +225,36 @@ def test_queued_experiment_copy_writes_to_the_repository_store(tmp_path, monkeyp
     assert tracking_uri(copy) == f"sqlite:///{(tmp_path / 'repo' / 'mlflow.db').resolve()}"
     monkeypatch.delenv("DVC_ROOT")
     assert tracking_uri(copy) == f"sqlite:///{(copy / 'mlflow.db').resolve()}"
+
+
+_START = r"""
+import os, sys, time, yaml
+sys.path.insert(0, sys.argv[1])
+from tlpipe import tracking
+params = yaml.safe_load(open(sys.argv[2]))
+while time.time() < float(sys.argv[3]):  # start together
+    time.sleep(0.005)
+with tracking.stage_run(sys.argv[4], params, "race"):
+    pass
+"""
+
+
+def test_two_stages_starting_together_on_a_fresh_store(tmp_path):
+    """`dvc queue start -j 2` starts two stages at once on a store nobody created yet: both must get a run
+    (without the setup lock one died in MLflow's schema migration)."""
+    import subprocess
+    import sys
+    import time
+
+    uri = f"sqlite:///{tmp_path / 'fresh.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    at = str(time.time() + 6)
+    procs = [subprocess.Popen([sys.executable, "-c", _START, str(REPO / "src"), str(REPO / "params.yaml"), at,
+                               f"stage{i}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    db = sqlite3.connect(tmp_path / "fresh.db")
+    names = sorted(n for (n,) in db.execute("select name from runs where status='FINISHED'"))
+    db.close()
+    assert names == ["workspace-stage0", "workspace-stage1"]

@@ -81,6 +81,36 @@ def sqlite_file(uri: str) -> Path | None:
     return None if path in ("", ":memory:") else Path(path)
 
 
+@contextmanager
+def store_lock(uri: str, timeout: float) -> Iterator[None]:
+    """For a sqlite store: one process at a time creates/migrates the database and its experiment. Two
+    stages starting together on a fresh store (`dvc queue start -j 2`) otherwise both run MLflow's schema
+    migrations and one fails ("Online migration expected to match one row"). A flock on `<db>-lock`."""
+    import fcntl
+    import time
+
+    path = sqlite_file(uri)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + "-lock"), "a+") as fh:
+        deadline = time.monotonic() + max(timeout, 1) * 6  # creating the tables takes a few seconds
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise PipelineError(f"mlflow: tracking store {uri} is being set up by another process "
+                                        f"(lock {fh.name} held too long)") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def check_sqlite(uri: str, timeout: float) -> None:
     """Fail within `timeout` seconds when the sqlite store is locked by another process or is not a
     database (MLflow itself would wait 20 s per query and retry engine creation for minutes)."""
@@ -126,7 +156,7 @@ def stage_run(stage: str, params: dict[str, Any], experiment: str, root: Path = 
     mlflow.set_tracking_uri(uri)  # note: MLflow also exports it to the environment
     run = None
     try:
-        with bounded_http(timeout):
+        with bounded_http(timeout), store_lock(uri, timeout):
             _experiment(mlflow, experiment, root, local=not env_uri)
             run = mlflow.start_run(run_name=run_name(stage))
     except Exception as exc:  # noqa: BLE001
