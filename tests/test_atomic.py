@@ -190,3 +190,28 @@ def test_clean_stale_keeps_live_writers_and_other_outputs(tmp_path):
     (dead_dir / "f").write_text("x", encoding="utf-8")
     assert sorted(p.name for p in clean_stale(tmp_path / "m.json")) == sorted([dead.name, dead_dir.name])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])
+
+
+def test_stage_start_removes_temporaries_of_dead_writers_only(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from tlpipe.atomic import clean_stale_tree
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / f"data/.raw.~{dead}~x1.tmp").mkdir(parents=True)
+    (tmp_path / f"data/.raw.~{dead}~x1.tmp/index.csv").write_text("half")
+    (tmp_path / f"models/.resume/.head-head.pt.~{dead}~y2.tmp").parent.mkdir(parents=True)
+    (tmp_path / f"models/.resume/.head-head.pt.~{dead}~y2.tmp").write_bytes(b"torn")
+    live = tmp_path / f"metrics/.m.json.~{os.getppid()}~z3.tmp"
+    live.parent.mkdir()
+    live.write_text("{}")
+    keep = tmp_path / "data/raw/index.csv"
+    keep.parent.mkdir()
+    keep.write_text("path,label,group\n")
+    removed = sorted(p.as_posix() for p in clean_stale_tree())
+    assert removed == [f"data/.raw.~{dead}~x1.tmp", f"models/.resume/.head-head.pt.~{dead}~y2.tmp"]
+    assert live.exists() and keep.exists()

@@ -168,3 +168,10 @@ def test_payload_is_live_when_loaded_unsafely(tmp_path):
     obj = torch.load(evil, weights_only=False)
     obj["meta"].close()
     assert marker.exists()
+
+
+def test_same_weights_give_byte_identical_files(tmp_path, trained_resnet):
+    """The temp file's (random) name must not leak into the bytes, or DVC sees a new model every run."""
+    checkpoint.save(tmp_path / "a.pt", trained_resnet, _meta("resnet18"))
+    checkpoint.save(tmp_path / "much_longer_name.pt", trained_resnet, _meta("resnet18"))
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "much_longer_name.pt").read_bytes()

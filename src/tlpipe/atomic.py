@@ -63,6 +63,24 @@ def clean_stale(path: str | Path) -> list[Path]:
     return removed
 
 
+STALE = re.compile(r"^\..+\.~(\d+)~[^~/]*\.tmp$")
+
+
+def clean_stale_tree(folders: tuple[str, ...] = ("data", "models", "metrics", "plots", "reports")) -> list[Path]:
+    """Remove every temporary of a killed writer (dead pid) under `folders`: each stage does this when it
+    starts, so an interrupted run's leftovers go even when the output they were for is never rewritten."""
+    removed = []
+    for folder in folders:
+        for dirpath, dirnames, filenames in os.walk(folder):
+            for name in [*dirnames, *filenames]:
+                m = STALE.match(name)
+                if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+                    _remove(Path(dirpath) / name)
+                    removed.append(Path(dirpath) / name)
+            dirnames[:] = [d for d in dirnames if not STALE.match(d) and d != ".dvc"]
+    return removed
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""

@@ -18,7 +18,8 @@ def save(path: str | Path, net: models.Net, meta: dict[str, Any]) -> None:
     """Write {format, state_dict, meta} atomically."""
     state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "state_dict": state, "meta": meta}, tmp)
+        with open(tmp, "wb") as f:  # a file object: given a path, torch names the archive after the
+            torch.save({"format": FORMAT, "state_dict": state, "meta": meta}, f)  # (random) temp name
 
 
 def load(path: str | Path) -> dict[str, Any]:

@@ -369,7 +369,8 @@ class _Loop:
             "best_state": _subset(res.best_state, self.best_keys),
         }
         with atomic_path(self.resume.path) as tmp:
-            torch.save(payload, tmp)
+            with open(tmp, "wb") as f:  # file object: the bytes do not depend on the temp name
+                torch.save(payload, f)
 
     def restore(self, saved: dict[str, Any], opt, sched: Schedule | None, res: FitResult,
                 hook: EpochHook | None) -> None:
