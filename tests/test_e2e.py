@@ -138,10 +138,18 @@ def test_default_dataset_slice(tmp_path: Path) -> None:
     assert before == after, [k for k in before if before[k] != after.get(k)]
     commit(repo, "results")
 
+    finetuned = (repo / "models/finetuned.pt").read_bytes()
     exp = dvc("exp", "run", "-S", "finetune.lr=0.002", cwd=repo)
     ran = set(re.findall(r"Running stage '([^']+)'", exp))
-    assert {"finetune", "retrain", "evaluate@finetuned", "evaluate@retrained"} <= ran, exp
+    assert "finetune" in ran, exp
     assert not ran & {"download", "split", "train_head", "add_unknown_class"}, ran
+    # what follows finetune reruns only if its model changed (checkpoints are byte-identical for equal
+    # weights: when no epoch beats the starting head, the new lr leaves models/finetuned.pt as it was)
+    downstream = {"retrain", "evaluate@finetuned", "evaluate@retrained"}
+    if (repo / "models/finetuned.pt").read_bytes() != finetuned:
+        assert downstream <= ran, exp
+    else:
+        assert not ran & downstream, ran
     diff = dvc("metrics", "diff", "--json", cwd=repo)
     changed = json.loads(diff)
     assert "metrics/finetune.json" in changed, diff

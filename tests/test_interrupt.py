@@ -37,6 +37,7 @@ KILLS_PER_STAGE = 2
 TINY = {**FAST, "data.max_per_class": 40, "unknown.train_images": 40, "unknown.valid_images": 12,
         "unknown.test_images": 20, "train_head.epochs": 8, "retrain.head.epochs": 8}
 BANNER = re.compile(r"Running stage '([^']+)'")
+TORN = [("dvc.lock' validation failed", "dvc.lock"), ("Unable to read RWLock-file", ".dvc/tmp/rwlock")]
 
 
 def _env(mlflow_db: Path) -> dict[str, str]:
@@ -177,10 +178,11 @@ def test_sigkill_in_every_stage_then_repro_gives_identical_metrics(tmp_path: Pat
                         deadline = time.monotonic() + delay
             exited = run.proc.poll()
             run.kill()
-            if exited not in (None, 0) and "dvc.lock' validation failed" in run.tail():
-                # DVC writes dvc.lock in place: the previous kill tore it. What README tells a user: delete it
-                # and rerun (stages then rerun and rewrite identical outputs)
-                (repo / "dvc.lock").unlink()
+            torn = [f for msg, f in TORN if exited not in (None, 0) and msg in run.tail()]
+            if torn:
+                # DVC writes dvc.lock and .dvc/tmp/rwlock in place: the previous kill tore one. What README
+                # tells a user: delete it and rerun (stages then rerun and rewrite identical outputs)
+                (repo / torn[0]).unlink()
                 torn_locks += 1
                 attempts.insert(0, args)
                 continue
@@ -214,7 +216,7 @@ def test_sigkill_in_every_stage_then_repro_gives_identical_metrics(tmp_path: Pat
     leftovers = [p.relative_to(repo).as_posix() for p in repo.rglob("*.tmp") if ".dvc" not in p.parts]
     assert leftovers == [], leftovers
     total = time.monotonic() - started
-    print(f"\ninterrupt: {len(kills)} SIGKILLs ({torn_locks} tore DVC's own dvc.lock), per stage "
+    print(f"\ninterrupt: {len(kills)} SIGKILLs ({torn_locks} tore DVC's own dvc.lock or rwlock), per stage "
           f"{dict(sorted(landed.items()))}; reference run "
           f"{reference_seconds:.0f} s, whole test {total:.0f} s; stage seconds "
           f"{ {n: round(s, 1) for n, s in timings} }")
