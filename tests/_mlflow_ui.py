@@ -13,12 +13,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from tlpipe import serving
+from tlpipe.errors import PipelineError
 
 # Chromium in a container without a display, a sandbox, a GPU or the network; its own fresh profile.
 CHROMIUM_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -53,19 +53,10 @@ def mlflow_ui(store_uri: str, log: Path, workdir: Path) -> Iterator[str]:
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True)
     try:
-        deadline = time.monotonic() + READY_WAIT_S
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow ui exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow ui did not answer on {base} in {READY_WAIT_S} s: {log.read_text()[-2000:]}")
-            time.sleep(0.5)
+        try:
+            serving.wait_ready(base, proc, READY_WAIT_S, "/health")
+        except PipelineError as exc:
+            raise RuntimeError(f"{exc}: {log.read_text()[-2000:]}") from exc
         yield base
     finally:
         _stop(proc)

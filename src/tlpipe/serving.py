@@ -242,8 +242,8 @@ def serve_env(tracking: str) -> dict[str, str]:
     return {**os.environ, "MLFLOW_TRACKING_URI": tracking, "PATH": path}
 
 
-def wait_ready(base_url: str, proc: Any, timeout_s: float) -> None:
-    """Poll <base_url>/ping until it answers 200; one error if the server exits or never answers."""
+def wait_ready(base_url: str, proc: Any, timeout_s: float, path: str = "/ping") -> None:
+    """Poll <base_url><path> until it answers 200; one error if the server exits or never answers."""
     import time
     import urllib.error
     import urllib.request
@@ -253,13 +253,13 @@ def wait_ready(base_url: str, proc: Any, timeout_s: float) -> None:
         if proc.poll() is not None:
             raise PipelineError(f"serving: the model server exited with status {proc.returncode} before answering")
         try:
-            with urllib.request.urlopen(f"{base_url}/ping", timeout=5) as r:
+            with urllib.request.urlopen(f"{base_url}{path}", timeout=5) as r:
                 if r.status == 200:
                     return
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.5)
-    raise PipelineError(f"serving: {base_url}/ping did not answer within {timeout_s:.0f} s")
+    raise PipelineError(f"serving: {base_url}{path} did not answer within {timeout_s:.0f} s")
 
 
 def stop(proc: Any, grace_s: float = 20.0) -> None:

@@ -8,6 +8,8 @@ folder are copied under data/raw/images/.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import os
 import shutil
 import urllib.parse
@@ -31,7 +33,7 @@ def _parents(rel: str) -> list[str]:
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-class Tree:
+class Tree(ABC):
     """Files and folders under a root, as posix paths relative to it."""
 
     def __init__(self, files: list[str], dirs: set[str], prefix: str = ""):
@@ -51,18 +53,22 @@ class Tree:
     def has(self, rel: str) -> bool:
         return rel in self._set
 
-    def read(self, rel: str) -> bytes:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def read(self, rel: str) -> bytes:
+        ...
 
-    def where(self, rel: str) -> str:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def where(self, rel: str) -> str:
+        ...
 
-    def store(self, rel: str, raw: Path) -> str:  # pragma: no cover - overridden
+    @abstractmethod
+    def store(self, rel: str, raw: Path) -> str:
         """Make the file available under `raw`; return its index path."""
-        raise NotImplementedError
+        ...
 
-    def describe(self) -> str:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def describe(self) -> str:
+        ...
 
     def close(self) -> None:
         pass
