@@ -37,7 +37,16 @@ def test_two_queued_experiments_run_in_parallel(tmp_path: Path) -> None:
         dvc("exp", "run", "--queue", "-S", f"finetune.lr={lr}", cwd=repo)
     dvc("queue", "start", "-j", "2", cwd=repo)
     status = _wait_for_queue(repo, len(LRS))
-    assert status.count("Success") == len(LRS), status
+    if status.count("Success") != len(LRS):
+        logs = []
+        for line in status.splitlines():
+            if "Failed" in line:
+                name = line.split()[1]
+                logs.append(f"--- dvc queue logs {name} ---\n" + dvc("queue", "logs", name, cwd=repo, check=False))
+        for out in sorted((repo / ".dvc" / "tmp" / "exps" / "celery").glob("*.out")):
+            text = out.read_text(errors="replace")
+            logs.append(f"--- {out.name} (last 6000 characters) ---\n" + text[-6000:])
+        raise AssertionError(status + "\n" + "\n".join(logs))
 
     shown = json.loads(dvc("exp", "show", "--json", cwd=repo))
     exps = {}

@@ -258,3 +258,47 @@ def test_two_stages_starting_together_on_a_fresh_store(tmp_path):
     names = sorted(n for (n,) in db.execute("select name from runs where status='FINISHED'"))
     db.close()
     assert names == ["workspace-stage0", "workspace-stage1"]
+
+
+def _hold_store_lock(uri: str):
+    import fcntl
+
+    fh = open(str(tracking.sqlite_file(uri)) + "-lock", "a+")
+    fcntl.flock(fh, fcntl.LOCK_EX)
+    return fh
+
+
+def test_writes_wait_for_the_store_write_lock(store):
+    """Two queued experiments write to one sqlite store; each write holds `<db>-lock`, so a writer waits for
+    the other (sqlite alone may answer "database is locked" at once, which MLflow does not retry)."""
+    import threading
+    import time
+
+    released = threading.Event()
+
+    def other_writer(fh) -> None:
+        time.sleep(1.5)
+        released.set()
+        fh.close()  # releases the lock
+
+    with tracking.stage_run("train_head", PARAMS, "unit", root=REPO) as tr:
+        holder = threading.Thread(target=other_writer, args=(_hold_store_lock(store),))
+        holder.start()
+        tr.metrics({"best_val_acc": 0.5})
+        assert released.is_set()  # the write went in only after the other writer let go
+        run_id = mlflow.active_run().info.run_id
+        holder.join()
+    run = MlflowClient(tracking_uri=store).get_run(run_id)
+    assert run.data.metrics["best_val_acc"] == 0.5 and run.info.status == "FINISHED"
+
+
+def test_write_lock_held_too_long_is_one_clear_error(store):
+    params = {**PARAMS, "tracking": {**PARAMS["tracking"], "connect_timeout": 1}}
+    held = _hold_store_lock(store)
+    try:
+        with pytest.raises(PipelineError) as err:
+            with tracking.stage_run("train_head", params, "unit", root=REPO):
+                pass
+    finally:
+        held.close()
+    assert store in str(err.value) and "-lock" in str(err.value)

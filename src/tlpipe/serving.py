@@ -171,21 +171,23 @@ def log_model(ckpt: Path, example: bytes, name: str | None = None) -> Any:
         )
 
 
-def register(ckpt: Path, example: bytes, name: str, run_id: str, root: Path = Path(".")) -> tuple[str, str]:
+def register(ckpt: Path, example: bytes, name: str, run_id: str, root: Path = Path("."),
+             timeout: float = 10) -> tuple[str, str]:
     """Log `ckpt` as a pyfunc model to the (finished) run `run_id` and register it as `name`.
 
-    Returns (name, version). Tracking and registry URI as for the stages (tracking.tracking_uri)."""
+    Returns (name, version). Tracking and registry URI as for the stages (tracking.tracking_uri); `timeout`
+    as tracking.connect_timeout (a sqlite store's write lock is waited for up to 6 x that)."""
     import os
 
     import mlflow
 
-    from .tracking import tracking_uri
+    from .tracking import store_lock, tracking_uri
 
     env_uri = os.environ.get("MLFLOW_TRACKING_URI")
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
     try:
-        with mlflow.start_run(run_id=run_id):
+        with store_lock(uri, timeout), mlflow.start_run(run_id=run_id):  # one writer at a time (sqlite)
             info = log_model(ckpt, example, name)
             mlflow.set_tag("registered_model", f"{name}/{info.registered_model_version}")
     except PipelineError:

@@ -6,9 +6,10 @@ import os
 import re
 import sqlite3
 import subprocess
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 from .errors import PipelineError
 from .params import flatten
@@ -44,22 +45,26 @@ def metric_key(name: str) -> str:
 
 
 class Tracker:
-    """Thin handle over the active MLflow run."""
+    """Thin handle over the active MLflow run. Every write holds `lock` (see `store_lock`)."""
 
-    def __init__(self, mlflow_module: Any):
+    def __init__(self, mlflow_module: Any, lock: Callable[[], ContextManager[None]] = nullcontext):
         self._mlflow = mlflow_module
+        self._lock = lock
 
     def epoch(self, rec: dict[str, float], prefix: str = "") -> None:
         step = int(rec["epoch"])
-        self._mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in rec.items() if k != "epoch"}, step=step)
+        with self._lock():
+            self._mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in rec.items() if k != "epoch"}, step=step)
 
     def metrics(self, values: dict[str, Any], prefix: str = "") -> None:
         flat = {f"{prefix}{k}": float(v) for k, v in flatten(values).items() if isinstance(v, (int, float))}
-        self._mlflow.log_metrics({metric_key(k): v for k, v in flat.items()})
+        with self._lock():
+            self._mlflow.log_metrics({metric_key(k): v for k, v in flat.items()})
 
     def artifact(self, path: str | Path, folder: str | None = None) -> None:
         if Path(path).exists():
-            self._mlflow.log_artifact(str(path), artifact_path=folder)
+            with self._lock():
+                self._mlflow.log_artifact(str(path), artifact_path=folder)
 
 
 def _experiment(mlflow: Any, name: str, root: Path, local: bool) -> None:
@@ -83,9 +88,13 @@ def sqlite_file(uri: str) -> Path | None:
 
 @contextmanager
 def store_lock(uri: str, timeout: float) -> Iterator[None]:
-    """For a sqlite store: one process at a time creates/migrates the database and its experiment. Two
-    stages starting together on a fresh store (`dvc queue start -j 2`) otherwise both run MLflow's schema
-    migrations and one fails ("Online migration expected to match one row"). A flock on `<db>-lock`."""
+    """For a sqlite store: one process at a time writes to it. A flock on `<db>-lock`; no-op for other stores.
+
+    Two stages writing together (`dvc queue start -j 2`) otherwise fail now and then: on a fresh store both
+    run MLflow's schema migrations ("Online migration expected to match one row"), and later MLflow's
+    read-then-write transactions can deadlock in sqlite, which answers "database is locked" at once
+    instead of waiting (MLflow does not retry that for sqlite). The kernel drops the lock of a killed
+    process. Waits up to 6 x `timeout` (creating the tables or logging a model takes seconds)."""
     import fcntl
     import time
 
@@ -102,8 +111,8 @@ def store_lock(uri: str, timeout: float) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise PipelineError(f"mlflow: tracking store {uri} is being set up by another process "
-                                        f"(lock {fh.name} held too long)") from None
+                    raise PipelineError(f"mlflow: tracking store {uri} is busy: another process has held its "
+                                        f"write lock {fh.name} for over {max(timeout, 1) * 6:g} s") from None
                 time.sleep(0.2)
         try:
             yield
@@ -159,23 +168,38 @@ def stage_run(stage: str, params: dict[str, Any], experiment: str, root: Path = 
         with bounded_http(timeout), store_lock(uri, timeout):
             _experiment(mlflow, experiment, root, local=not env_uri)
             run = mlflow.start_run(run_name=run_name(stage))
+    except PipelineError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise PipelineError(f"mlflow: tracking store {uri} is not usable: {str(exc).splitlines()[0][:200]}") from exc
+    lock = partial(store_lock, uri, timeout)
+
+    def end(status: str) -> None:
+        with lock():
+            mlflow.end_run(status=status)
+
     try:
-        mlflow.set_tags({"stage": stage, "git_commit": git_commit(root),
-                         "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "workspace")})
-        flat = {k: str(v)[:500] for k, v in flatten(params).items()}
-        items = list(flat.items())
-        for i in range(0, len(items), 90):
-            mlflow.log_params(dict(items[i : i + 90]))
-        yield Tracker(mlflow)
+        with lock():
+            mlflow.set_tags({"stage": stage, "git_commit": git_commit(root),
+                             "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "workspace")})
+            flat = {k: str(v)[:500] for k, v in flatten(params).items()}
+            items = list(flat.items())
+            for i in range(0, len(items), 90):
+                mlflow.log_params(dict(items[i : i + 90]))
+        yield Tracker(mlflow, lock)
     except BaseException:
-        mlflow.end_run(status="FAILED")
+        try:
+            end("FAILED")
+        except Exception:  # noqa: BLE001 - the stage's own error is the one to report
+            pass
         raise
     else:
-        mlflow.end_run(status="FINISHED")
+        end("FINISHED")
     finally:
         if run is not None and mlflow.active_run() is not None:
-            mlflow.end_run(status="FAILED")
+            try:
+                end("FAILED")
+            except Exception:  # noqa: BLE001
+                pass
         if env_uri is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
