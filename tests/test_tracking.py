@@ -302,3 +302,30 @@ def test_write_lock_held_too_long_is_one_clear_error(store):
     finally:
         held.close()
     assert store in str(err.value) and "-lock" in str(err.value)
+
+
+def test_runs_of_killed_stages_are_marked_killed_by_the_next_stage(store):
+    """SIGKILL leaves a stage's run RUNNING; the next stage to start ends it as KILLED. A run whose process
+    still lives (a concurrent queued experiment) or that ran on another host is left alone."""
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    client = MlflowClient(tracking_uri=store)
+    exp_id = client.create_experiment("unit")
+    host = socket.gethostname()
+    runs = {}
+    for label, pid, where in (("dead", dead.pid, host), ("live", live.pid, host), ("elsewhere", dead.pid, "other-host"),
+                              ("untagged", None, None)):
+        tags = {} if pid is None else {tracking.PID_TAG: str(pid), tracking.HOST_TAG: where}
+        runs[label] = client.create_run(exp_id, tags=tags, run_name=label).info.run_id
+    try:
+        with tracking.stage_run("finetune", PARAMS, "unit", root=REPO):
+            pass
+        status = {label: client.get_run(rid).info.status for label, rid in runs.items()}
+    finally:
+        live.kill()
+    assert status == {"dead": "KILLED", "live": "RUNNING", "elsewhere": "RUNNING", "untagged": "RUNNING"}

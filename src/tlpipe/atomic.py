@@ -28,7 +28,8 @@ def _prefix(path: Path) -> str:
     return f".{path.name}.~{os.getpid()}~"
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -57,7 +58,7 @@ def clean_stale(path: str | Path) -> list[Path]:
     removed = []
     for p in path.parent.iterdir():
         m = pattern.match(p.name)
-        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+        if m and int(m.group(1)) != os.getpid() and not alive(int(m.group(1))):
             _remove(p)
             removed.append(p)
     return removed
@@ -74,7 +75,7 @@ def clean_stale_tree(folders: tuple[str, ...] = ("data", "models", "metrics", "p
         for dirpath, dirnames, filenames in os.walk(folder):
             for name in [*dirnames, *filenames]:
                 m = STALE.match(name)
-                if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+                if m and int(m.group(1)) != os.getpid() and not alive(int(m.group(1))):
                     _remove(Path(dirpath) / name)
                     removed.append(Path(dirpath) / name)
             dirnames[:] = [d for d in dirnames if not STALE.match(d) and d != ".dvc"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 from contextlib import contextmanager, nullcontext
@@ -11,6 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
 
+from .atomic import alive
 from .errors import PipelineError
 from .params import flatten
 
@@ -76,6 +78,29 @@ def _experiment(mlflow: Any, name: str, root: Path, local: bool) -> None:
             if mlflow.get_experiment_by_name(name) is None:
                 raise
     mlflow.set_experiment(name)
+
+
+PID_TAG, HOST_TAG = "tlpipe.pid", "tlpipe.host"
+
+
+def end_dead_runs(mlflow: Any, experiment: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of `experiment` whose stage process (this host, by pid) is gone:
+    SIGKILL leaves a run no chance to end itself. Runs of live processes (a concurrent queued
+    experiment) and of other hosts are left alone. Returns the run ids it ended."""
+    from mlflow.tracking import MlflowClient
+
+    exp = mlflow.get_experiment_by_name(experiment)
+    client = MlflowClient()
+    ended = []
+    for run in client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                  max_results=1000):
+        tags = run.data.tags
+        pid = tags.get(PID_TAG, "")
+        if tags.get(HOST_TAG) == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid() \
+                and not alive(int(pid)):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+    return ended
 
 
 def sqlite_file(uri: str) -> Path | None:
@@ -167,6 +192,7 @@ def stage_run(stage: str, params: dict[str, Any], experiment: str, root: Path = 
     try:
         with bounded_http(timeout), store_lock(uri, timeout):
             _experiment(mlflow, experiment, root, local=not env_uri)
+            end_dead_runs(mlflow, experiment)
             run = mlflow.start_run(run_name=run_name(stage))
     except PipelineError:
         raise
@@ -181,7 +207,8 @@ def stage_run(stage: str, params: dict[str, Any], experiment: str, root: Path = 
     try:
         with lock():
             mlflow.set_tags({"stage": stage, "git_commit": git_commit(root),
-                             "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "workspace")})
+                             "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "workspace"),
+                             PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()})
             flat = {k: str(v)[:500] for k, v in flatten(params).items()}
             items = list(flat.items())
             for i in range(0, len(items), 90):
