@@ -63,8 +63,10 @@ def workspace(tmp_path) -> Path:
     root.mkdir()
     for f in ("dvc.yaml", "params.yaml"):
         shutil.copy(REPO / f, root / f)
+    shutil.copytree(REPO / "vendor", root / "vendor")
     _git(root, "init", "-q")
     subprocess.run([*DVC, "init", "-q"], cwd=root, check=True, timeout=120)
+    shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")  # the offline page template
     _write_outputs(root, seed=1)
     _git(root, "add", "-A")
     _git(root, "commit", "-qm", "run 1")
@@ -121,3 +123,37 @@ def test_plots_diff_compares_two_runs(workspace) -> None:
         assert {r["rev"] for r in entry["content"]["data"]["values"]} == {"run-1", "workspace"}, plot_id
     loss = [r for r in _rendered(result, "train_head loss") if r["epoch"] == "1" and r["field"] == "train_loss"]
     assert sorted((r["rev"], r["train_loss"]) for r in loss) == [("run-1", "1.01"), ("workspace", "1.02")]
+
+
+@pytest.mark.slow
+def test_plots_page_draws_every_chart_offline_in_a_browser(workspace, tmp_path) -> None:
+    """The page `dvc plots show` writes (the project's .dvc/config template: Vega inlined, no CDN) draws every
+    chart in headless Chromium with no network; a screenshot is kept next to the page."""
+    import re
+
+    from _mlflow_ui import browser_paths, chromium
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    paths = browser_paths()
+    if paths is None:
+        pytest.skip("chromium and chromedriver not installed (CI installs Debian's packages)")
+    html = tmp_path / "html"
+    subprocess.run([*DVC, "plots", "show", "-o", str(html)], cwd=workspace, check=True, capture_output=True,
+                   timeout=300)
+    page = (html / "index.html").read_text()
+    assert "cdn.jsdelivr" not in page and not re.search(r"<script[^>]*\bsrc=", page)  # nothing to fetch
+    ids = re.findall(r"vegaEmbed\('#([^']+)'", page)
+    assert len(ids) == len(_top_level_plots())
+    with chromium(*paths) as d:
+        d.set_window_size(1400, 5200)
+        d.get(html.joinpath("index.html").as_uri())
+        drawn = """return arguments[0].map(id => {
+            const el = document.getElementById(id);
+            const svg = el && el.querySelector('svg.marks');
+            return svg ? svg.querySelectorAll('path, rect, line, text').length : 0; })"""
+        WebDriverWait(d, 60).until(lambda d: all(n > 0 for n in d.execute_script(drawn, ids)))
+        counts = dict(zip(ids, d.execute_script(drawn, ids)))
+        errors = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
+        d.save_screenshot(str(html / "screenshot.png"))
+    assert all(n > 20 for n in counts.values()), counts  # axes, ticks, labels and the data marks
+    assert not errors, errors
