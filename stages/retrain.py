@@ -31,8 +31,8 @@ def main() -> None:
         init)
     if p["registry"]["register"]:
         name, version = serving.register(Path("models/retrained.pt"), serving.example_image(args.split, args.raw),
-                                         p["registry"]["model_name"], serving.last_run_id(),
-                                         timeout=p["tracking"]["connect_timeout"])
+                                         p["registry"]["model_name"], serving.last_run_id(), Path("."),
+                                         p["tracking"]["connect_timeout"])
         print(f"retrain: registered models:/{name}/{version}")
 
 

@@ -52,7 +52,7 @@ def store(tmp_path_factory: pytest.TempPathFactory):
         mlflow.set_experiment("serving-test")
         with mlflow.start_run() as run:
             run_id = run.info.run_id
-        name, version = serving.register(ckpt, files[0].read_bytes(), NAME, run_id, root)
+        name, version = serving.register(ckpt, files[0].read_bytes(), NAME, run_id, root, 10)
         yield {"uri": uri, "ckpt": ckpt, "files": files, "name": name, "version": version, "run_id": run_id,
                "root": root}
     finally:

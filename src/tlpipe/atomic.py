@@ -49,6 +49,11 @@ def _remove(p: Path) -> None:
         pass
 
 
+def _dead_writer(m: re.Match[str] | None) -> bool:
+    """A temporary's name matched, and the pid in it is another process that no longer exists."""
+    return m is not None and int(m.group(1)) != os.getpid() and not alive(int(m.group(1)))
+
+
 def clean_stale(path: str | Path) -> list[Path]:
     """Remove temporaries of `path` left by killed processes; return what was removed."""
     path = Path(path)
@@ -57,8 +62,7 @@ def clean_stale(path: str | Path) -> list[Path]:
     pattern = re.compile(rf"^\.{re.escape(path.name)}\.~(\d+)~[^~/]*\.tmp$")
     removed = []
     for p in path.parent.iterdir():
-        m = pattern.match(p.name)
-        if m and int(m.group(1)) != os.getpid() and not alive(int(m.group(1))):
+        if _dead_writer(pattern.match(p.name)):
             _remove(p)
             removed.append(p)
     return removed
@@ -74,8 +78,7 @@ def clean_stale_tree(folders: tuple[str, ...] = ("data", "models", "metrics", "p
     for folder in folders:
         for dirpath, dirnames, filenames in os.walk(folder):
             for name in [*dirnames, *filenames]:
-                m = STALE.match(name)
-                if m and int(m.group(1)) != os.getpid() and not alive(int(m.group(1))):
+                if _dead_writer(STALE.match(name)):
                     _remove(Path(dirpath) / name)
                     removed.append(Path(dirpath) / name)
             dirnames[:] = [d for d in dirnames if not STALE.match(d) and d != ".dvc"]

@@ -171,8 +171,7 @@ def log_model(ckpt: Path, example: bytes, name: str | None = None) -> Any:
         )
 
 
-def register(ckpt: Path, example: bytes, name: str, run_id: str, root: Path = Path("."),
-             timeout: float = 10) -> tuple[str, str]:
+def register(ckpt: Path, example: bytes, name: str, run_id: str, root: Path, timeout: float) -> tuple[str, str]:
     """Log `ckpt` as a pyfunc model to the (finished) run `run_id` and register it as `name`.
 
     Returns (name, version). Tracking and registry URI as for the stages (tracking.tracking_uri); `timeout`

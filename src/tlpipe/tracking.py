@@ -69,7 +69,8 @@ class Tracker:
                 self._mlflow.log_artifact(str(path), artifact_path=folder)
 
 
-def _experiment(mlflow: Any, name: str, root: Path, local: bool) -> None:
+def _experiment(mlflow: Any, name: str, root: Path, local: bool) -> str:
+    """Create (if new) and activate experiment `name`; return its id."""
     if mlflow.get_experiment_by_name(name) is None:
         location = (store_root(root) / "mlartifacts").resolve().as_uri() if local else None
         try:
@@ -77,22 +78,21 @@ def _experiment(mlflow: Any, name: str, root: Path, local: bool) -> None:
         except Exception:  # noqa: BLE001 - a concurrent stage may have created it first
             if mlflow.get_experiment_by_name(name) is None:
                 raise
-    mlflow.set_experiment(name)
+    return mlflow.set_experiment(name).experiment_id
 
 
 PID_TAG, HOST_TAG = "tlpipe.pid", "tlpipe.host"
 
 
-def end_dead_runs(mlflow: Any, experiment: str) -> list[str]:
-    """Mark KILLED the RUNNING runs of `experiment` whose stage process (this host, by pid) is gone:
+def end_dead_runs(experiment_id: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of the experiment whose stage process (this host, by pid) is gone:
     SIGKILL leaves a run no chance to end itself. Runs of live processes (a concurrent queued
     experiment) and of other hosts are left alone. Returns the run ids it ended."""
     from mlflow.tracking import MlflowClient
 
-    exp = mlflow.get_experiment_by_name(experiment)
     client = MlflowClient()
     ended = []
-    for run in client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'",
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
                                   max_results=1000):
         tags = run.data.tags
         pid = tags.get(PID_TAG, "")
@@ -115,11 +115,11 @@ def sqlite_file(uri: str) -> Path | None:
 def store_lock(uri: str, timeout: float) -> Iterator[None]:
     """For a sqlite store: one process at a time writes to it. A flock on `<db>-lock`; no-op for other stores.
 
-    Two stages writing together (`dvc queue start -j 2`) otherwise fail now and then: on a fresh store both
-    run MLflow's schema migrations ("Online migration expected to match one row"), and later MLflow's
-    read-then-write transactions can deadlock in sqlite, which answers "database is locked" at once
-    instead of waiting (MLflow does not retry that for sqlite). The kernel drops the lock of a killed
-    process. Waits up to 6 x `timeout` (creating the tables or logging a model takes seconds)."""
+    Two stages starting together on a fresh store (`dvc queue start -j 2`) both run MLflow's schema
+    migrations and one fails ("Online migration expected to match one row"; seen, and tested). Later writes
+    hold it too: MLflow does not retry a sqlite "database is locked", so concurrent stages take turns rather
+    than rely on sqlite's own waiting. The kernel drops the lock of a killed process. Waits up to
+    6 x `timeout` (creating the tables or logging a model takes seconds)."""
     import fcntl
     import time
 
@@ -188,45 +188,36 @@ def stage_run(stage: str, params: dict[str, Any], experiment: str, root: Path = 
     timeout = int(params["tracking"]["connect_timeout"])
     check_sqlite(uri, timeout)  # before MLflow's own waits and retries
     mlflow.set_tracking_uri(uri)  # note: MLflow also exports it to the environment
-    run = None
     try:
         with bounded_http(timeout), store_lock(uri, timeout):
-            _experiment(mlflow, experiment, root, local=not env_uri)
-            end_dead_runs(mlflow, experiment)
-            run = mlflow.start_run(run_name=run_name(stage))
+            end_dead_runs(_experiment(mlflow, experiment, root, local=not env_uri))
+            mlflow.start_run(run_name=run_name(stage))
     except PipelineError:
         raise
     except Exception as exc:  # noqa: BLE001
         raise PipelineError(f"mlflow: tracking store {uri} is not usable: {str(exc).splitlines()[0][:200]}") from exc
     lock = partial(store_lock, uri, timeout)
-
-    def end(status: str) -> None:
-        with lock():
-            mlflow.end_run(status=status)
-
+    finished = False
     try:
+        tags = {"stage": stage, "git_commit": git_commit(root),
+                "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "workspace"),
+                PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+        items = [(k, str(v)[:500]) for k, v in flatten(params).items()]
         with lock():
-            mlflow.set_tags({"stage": stage, "git_commit": git_commit(root),
-                             "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "workspace"),
-                             PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()})
-            flat = {k: str(v)[:500] for k, v in flatten(params).items()}
-            items = list(flat.items())
+            mlflow.set_tags(tags)
             for i in range(0, len(items), 90):
                 mlflow.log_params(dict(items[i : i + 90]))
         yield Tracker(mlflow, lock)
-    except BaseException:
-        try:
-            end("FAILED")
-        except Exception:  # noqa: BLE001 - the stage's own error is the one to report
-            pass
-        raise
-    else:
-        end("FINISHED")
+        finished = True
     finally:
-        if run is not None and mlflow.active_run() is not None:
-            try:
-                end("FAILED")
-            except Exception:  # noqa: BLE001
-                pass
-        if env_uri is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        try:
+            if mlflow.active_run() is not None:
+                try:
+                    with lock():
+                        mlflow.end_run(status="FINISHED" if finished else "FAILED")
+                except Exception:  # noqa: BLE001 - on failure, the stage's own error is the one to report
+                    if finished:
+                        raise
+        finally:
+            if env_uri is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
