@@ -22,10 +22,10 @@ WORKER = r"""
 import sys, time, torch
 sys.path.insert(0, sys.argv[1])
 from tlpipe import models
-from tlpipe.training import _set_modes
+from tlpipe.training.loop import set_modes
 torch.manual_seed(0)
 net = models.build("efficientnet_lite0", 10, pretrained=False).to(memory_format=torch.channels_last)
-_set_modes(net, models.freeze(net, 2), False)
+set_modes(net, models.freeze(net, 2), False)
 opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-4)
 x = torch.randn(int(sys.argv[3]), 3, 64, 64).contiguous(memory_format=torch.channels_last)
 y = torch.randint(0, 10, (int(sys.argv[3]),))

@@ -21,14 +21,18 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from tlpipe import models  # noqa: E402
-from tlpipe.training import Data, Phase, Preproc, _set_modes, fit_partial, set_seed  # noqa: E402
+from tlpipe.config.phases import Phase  # noqa: E402
+from tlpipe.data.splitdir import Data  # noqa: E402
+from tlpipe.inference import Preproc  # noqa: E402
+from tlpipe.runtime import set_seed  # noqa: E402
+from tlpipe.training.loop import fit, set_modes  # noqa: E402
 
 AUG = {"crop_scale_min": 0.8, "rotation": 10, "hflip": 0.0, "color_jitter": 0.2}
 
 
 def bare(net: models.Net, n: int, batch: int, size: int, unfreeze: int, cl: bool) -> float:
     """Images/s of forward+backward+step on random normalised tensors, same freeze split."""
-    _set_modes(net, models.freeze(net, unfreeze), False)  # same train/eval modes as the finetune stage
+    set_modes(net, models.freeze(net, unfreeze), False)  # same train/eval modes as the finetune stage
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-4)
     loss_fn = nn.CrossEntropyLoss()
     xs = torch.randn(batch, 3, size, size)
@@ -46,12 +50,12 @@ def bare(net: models.Net, n: int, batch: int, size: int, unfreeze: int, cl: bool
 
 
 def ours(net: models.Net, n: int, batch: int, size: int, unfreeze: int, cl: bool) -> float:
-    """Images/s of one fit_partial epoch over n uint8 images (validation set kept tiny, excluded)."""
+    """Images/s of one partial fine-tuning epoch (training.loop.fit) over n uint8 images (validation set kept tiny, excluded)."""
     imgs = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8)
     train = Data(imgs, torch.randint(0, 4, (n,)))
     valid = Data(imgs[:batch], train.targets[:batch])
     sp = models.spec("efficientnet_lite0")
-    pp = Preproc(sp.mean, sp.std, AUG, size, torch.device("cpu"), channels_last=cl)
+    pp = Preproc(sp.mean, sp.std, size, torch.device("cpu"), channels_last=cl)
     if cl:
         net.to(memory_format=torch.channels_last)
     ph = Phase(epochs=1, batch_size=batch, optimizer="adam", lr=1e-4, weight_decay=0.0, momentum=0.9,
@@ -63,7 +67,7 @@ def ours(net: models.Net, n: int, batch: int, size: int, unfreeze: int, cl: bool
         times["end"] = time.perf_counter()
 
     times["start"] = time.perf_counter()
-    fit_partial(net, train, valid, ph, pp, hook)
+    fit(net, train, valid, ph, pp, AUG, hook)
     return n / (times["end"] - times["start"])
 
 

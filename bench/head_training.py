@@ -31,7 +31,11 @@ from _support import SHARED  # noqa: E402
 from tlpipe import models  # noqa: E402
 from tlpipe.data import images, manifest, sources  # noqa: E402
 from tlpipe.data.transforms import normalize  # noqa: E402
-from tlpipe.training import Data, Phase, Preproc, fit_head, run_groups, set_seed  # noqa: E402
+from tlpipe.config.phases import Phase  # noqa: E402
+from tlpipe.data.splitdir import Data  # noqa: E402
+from tlpipe.inference import Preproc, run_groups  # noqa: E402
+from tlpipe.runtime import set_seed  # noqa: E402
+from tlpipe.training.loop import fit  # noqa: E402
 
 KNOWN = {"12": 0, "13": 1, "14": 2, "17": 3}
 
@@ -84,7 +88,7 @@ def main() -> None:
     args = ap.parse_args()
     split = load_rows(args.archive, args.seed)
     sp = models.spec("efficientnet_lite0")
-    pp = Preproc(sp.mean, sp.std, {}, args.size, torch.device("cpu"), channels_last=True)  # as the pipeline runs
+    pp = Preproc(sp.mean, sp.std, args.size, torch.device("cpu"), channels_last=True)  # as the pipeline runs
     t0 = time.perf_counter()
     train, valid = load(split["train"], args.archive, args.size), load(split["valid"], args.archive, args.size)
     t_decode = time.perf_counter() - t0
@@ -105,7 +109,7 @@ def main() -> None:
         set_seed(args.seed)
         net = models.build("efficientnet_lite0", 4, pretrained=True)
         t0 = time.perf_counter()
-        res = fit_head(net, train, valid, phase(ep), pp)
+        res = fit(net, train, valid, phase(ep), pp, {})  # unfreeze_blocks 0: the head on cached features
         ours[ep] = (time.perf_counter() - t0, res.history[-1]["val_acc"])
 
     set_seed(args.seed)

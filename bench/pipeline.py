@@ -54,7 +54,7 @@ def main() -> None:
 
     repo = copy_repo(work / "repo")
     py = sys.executable
-    subprocess.run([py, "-m", "tlpipe.presets", args.preset], cwd=repo, env={**env, "PYTHONPATH": str(repo / "src")},
+    subprocess.run([py, "-m", "tlpipe.config.presets", args.preset], cwd=repo, env={**env, "PYTHONPATH": str(repo / "src")},
                    check=True)
     with serve_directory(args.archive.parent) as base:
         sets = [f"data.url={base}/{args.archive.name}", *args.sets]

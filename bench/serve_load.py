@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from tlpipe import serving  # noqa: E402
+from tlpipe.serving import model, server  # noqa: E402
 from tlpipe.data import images, manifest  # noqa: E402
 
 
@@ -106,18 +106,18 @@ def main() -> None:
     duration = 10.0 if args.short else args.duration
 
     blobs = test_images(args.split, args.raw, args.images)
-    bodies = [json.dumps({"dataframe_split": {"columns": [serving.IMAGE_COLUMN], "data": [[serving.encode(b)]]}})
+    bodies = [json.dumps({"dataframe_split": {"columns": [model.IMAGE_COLUMN], "data": [[model.encode(b)]]}})
               .encode() for b in blobs]
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = serving.serve_env(args.tracking_uri)
+    env = server.serve_env(args.tracking_uri)
     log = tempfile.NamedTemporaryFile("w+", prefix="serve-", suffix=".log", delete=False)
     t0 = time.perf_counter()
-    server = subprocess.Popen(serving.serve_command(args.model_uri, port, workers=args.workers), env=env,
+    server = subprocess.Popen(server.serve_command(args.model_uri, port, workers=args.workers), env=env,
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         try:
-            serving.wait_ready(base, server, args.startup_timeout)
+            server.wait_ready(base, server, args.startup_timeout)
         except Exception:
             log.flush()
             print(Path(log.name).read_text()[-3000:], file=sys.stderr)
@@ -128,7 +128,7 @@ def main() -> None:
         res = asyncio.run(load(f"{base}/invocations", bodies, args.clients, duration, args.timeout))
         load_after = os.getloadavg()[0]
     finally:
-        serving.stop(server)
+        server.stop(server)
         log.close()
         os.unlink(log.name)
 

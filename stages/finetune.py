@@ -5,9 +5,12 @@ from pathlib import Path
 
 import _path  # noqa: F401
 
-from tlpipe import checkpoint, params as P, workflow
+from tlpipe import checkpoint
+from tlpipe.config import params
+from tlpipe.config.phases import Phase
+from tlpipe.data.splitdir import SplitDir
 from tlpipe.stage import entry
-from tlpipe.training import Phase
+from tlpipe.training.stage import Outputs, train
 
 
 def main() -> None:
@@ -16,12 +19,12 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("data/cache/split"))
     ap.add_argument("--raw", type=Path, default=Path("data/raw"))
     ap.add_argument("--init", type=Path, default=Path("models/head.pt"))
+    ap.add_argument("--name", default="finetuned", help="stem of models/<name>.pt, metrics/<name>.json, plots/<name>.*")
     args = ap.parse_args()
-    p = P.load()
-    workflow.training_stage(
-        "finetune", "finetuned", p, args.split, args.cache, args.raw,
-        [("finetune", Phase.from_params(p["finetune"]))],
-        lambda classes: checkpoint.restore(args.init, p["model"]["backbone"])[0])
+    p = params.load()
+    train("finetune", Outputs(args.name), p, SplitDir(args.split, args.raw, args.cache),
+          [("finetune", Phase.from_params(p["finetune"]))],
+          lambda classes: checkpoint.restore(args.init, p["model"]["backbone"])[0])
 
 
 if __name__ == "__main__":

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import _path  # noqa: F401
 
-from tlpipe import checkpoint, models, params as P, serving, workflow
+from tlpipe.config import params
+from tlpipe.config.phases import Phase
+from tlpipe.data.splitdir import SplitDir
 from tlpipe.stage import entry
-from tlpipe.training import Phase
+from tlpipe.training.stage import Outputs, extend_head, train
 
 
 def main() -> None:
@@ -17,22 +19,17 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("data/cache/split_unknown"))
     ap.add_argument("--raw", type=Path, default=Path("data/raw"))
     ap.add_argument("--init", type=Path, default=Path("models/finetuned.pt"))
+    ap.add_argument("--name", default="retrained", help="stem of models/<name>.pt, metrics/<name>.json, plots/<name>.*")
     args = ap.parse_args()
-    p = P.load()
-
-    def init(classes: list[str]) -> models.Net:
-        net, meta = checkpoint.restore(args.init, p["model"]["backbone"])
-        models.replace_head(net, len(classes), keep_rows=len(meta["classes"]))
-        return net
-
-    workflow.training_stage(
-        "retrain", "retrained", p, args.split, args.cache, args.raw,
-        [("head", Phase.from_params(p["retrain"]["head"])), ("finetune", Phase.from_params(p["retrain"]["finetune"]))],
-        init)
+    p = params.load()
+    split, retrain = SplitDir(args.split, args.raw, args.cache), p["retrain"]
+    train("retrain", Outputs(args.name), p, split,
+          [("head", Phase.from_params(retrain["head"])), ("finetune", Phase.from_params(retrain["finetune"]))],
+          lambda classes: extend_head(args.init, p["model"]["backbone"], classes))
     if p["registry"]["register"]:
-        name, version = serving.register(Path("models/retrained.pt"), serving.example_image(args.split, args.raw),
-                                         p["registry"]["model_name"], serving.last_run_id(), Path("."),
-                                         p["tracking"]["connect_timeout"])
+        from tlpipe.serving import registry  # mlflow's model code loads only when a model is registered
+
+        name, version = registry.register_stage_model(Outputs(args.name).checkpoint(), split, p)
         print(f"retrain: registered models:/{name}/{version}")
 
 

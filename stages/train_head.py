@@ -5,9 +5,12 @@ from pathlib import Path
 
 import _path  # noqa: F401
 
-from tlpipe import models, params as P, workflow
+from tlpipe import models
+from tlpipe.config import params
+from tlpipe.config.phases import Phase
+from tlpipe.data.splitdir import SplitDir
 from tlpipe.stage import entry
-from tlpipe.training import Phase
+from tlpipe.training.stage import Outputs, train
 
 
 def main() -> None:
@@ -15,11 +18,13 @@ def main() -> None:
     ap.add_argument("--split", type=Path, default=Path("data/split"))
     ap.add_argument("--cache", type=Path, default=Path("data/cache/split"))
     ap.add_argument("--raw", type=Path, default=Path("data/raw"))
+    ap.add_argument("--name", default="head", help="stem of models/<name>.pt, metrics/<name>.json, plots/<name>.*")
     args = ap.parse_args()
-    p = P.load()
-    workflow.training_stage(
-        "train_head", "head", p, args.split, args.cache, args.raw, [("head", Phase.from_params(p["train_head"]))],
-        lambda classes: models.build(p["model"]["backbone"], len(classes), p["model"]["weights"] == "imagenet"))
+    p = params.load()
+    model = p["model"]
+    train("train_head", Outputs(args.name), p, SplitDir(args.split, args.raw, args.cache),
+          [("head", Phase.from_params(p["train_head"]))],
+          lambda classes: models.build(model["backbone"], len(classes), model["weights"] == "imagenet"))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from tlpipe import serving
+from tlpipe.serving import server as serving
 from tlpipe.errors import PipelineError
 
 # Chromium in a container without a display, a sandbox, a GPU or the network; its own fresh profile.

@@ -12,7 +12,7 @@ from PIL import Image
 
 from tlpipe import models
 from tlpipe.data import cache, images, manifest
-from tlpipe.training import Preproc, predict_logits
+from tlpipe.inference import Preproc, predict_logits
 
 
 def make_split(tmp: Path, n: int = 6) -> tuple[Path, Path]:
@@ -40,7 +40,7 @@ def test_cache_matches_direct_decoding_and_logits(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.asarray(cached), direct)
     torch.manual_seed(0)
     net = models.build("resnet18", 2, pretrained=False)
-    pp = Preproc(models.IMAGENET_MEAN, models.IMAGENET_STD, {}, 32, torch.device("cpu"))
+    pp = Preproc(models.IMAGENET_MEAN, models.IMAGENET_STD, 32, torch.device("cpu"))
     to_t = lambda a: torch.from_numpy(np.array(a)).permute(0, 3, 1, 2).contiguous()  # noqa: E731
     a = predict_logits(net, to_t(cached), replace(pp, batch=4))
     b = predict_logits(net, to_t(direct), replace(pp, batch=4))

@@ -7,7 +7,7 @@ import re
 import yaml
 
 from _support import REPO
-from tlpipe.params import flatten
+from tlpipe.config.params import flatten
 
 
 def test_readme_documents_every_param() -> None:

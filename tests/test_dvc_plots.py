@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from _support import REPO
-from tlpipe import evaluation
+from tlpipe.evaluation import metrics, plots
 
 DVC = [sys.executable, "-m", "dvc"]
 KNOWN = ["zero", "one", "two"]
@@ -32,16 +32,16 @@ def _write_outputs(root: Path, seed: int) -> None:
     for stem, epochs in (("head", 5), ("finetuned", 3), ("retrained", 4)):
         hist = [{"epoch": e, "train_loss": 1.0 / e + seed / 100, "train_acc": 1 - 0.2 / e, "val_loss": 1.1 / e,
                  "val_acc": 1 - 0.25 / e, "lr": 0.001} for e in range(1, epochs + 1)]
-        evaluation.write_history_csv(plots / f"{stem}.csv", hist)
+        plots.write_history_csv(plots / f"{stem}.csv", hist)
     for name, classes in (("finetuned", KNOWN), ("retrained", KNOWN + ["unknown"])):
         target = torch.arange(len(classes)).repeat(10)
         logits = torch.nn.functional.one_hot(target, len(classes)).float() * 2 + torch.randn(len(target), len(classes),
                                                                                              generator=g)
-        evaluation.write_confusion_csv(plots / f"confusion_{name}.csv", target, logits, classes)
-        per_class = evaluation.compute(target, logits, classes)["per_class"]
-        evaluation.write_per_class_csv(plots / f"per_class_{name}.csv", per_class)
+        plots.write_confusion_csv(plots / f"confusion_{name}.csv", target, logits, classes)
+        per_class = metrics.compute(target, logits, classes)["per_class"]
+        plots.write_per_class_csv(plots / f"per_class_{name}.csv", per_class)
         is_known = (torch.arange(40) % 4 != 0).numpy()
-        evaluation.write_roc_csv(plots / f"roc_{name}.csv", is_known, torch.randn(40, generator=g).numpy() + is_known)
+        plots.write_roc_csv(plots / f"roc_{name}.csv", is_known, torch.randn(40, generator=g).numpy() + is_known)
 
 
 def _dvc(root: Path, *args: str) -> dict:

@@ -152,7 +152,7 @@ def test_default_dataset_slice(tmp_path: Path) -> None:
         assert not ran & downstream, ran
     diff = dvc("metrics", "diff", "--json", cwd=repo)
     changed = json.loads(diff)
-    assert "metrics/finetune.json" in changed, diff
+    assert "metrics/finetuned.json" in changed, diff
 
 
 @pytest.mark.skipif(not TINY_ZIP.is_file(), reason=f"fixture {TINY_ZIP} not found (CI puts ../shared beside the clone)")

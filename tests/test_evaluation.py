@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tlpipe import evaluation as E
+from tlpipe.evaluation import metrics as E, plots as F
 
 NAMES = ["stop", "yield", "unknown"]
 # targets 0 0 1 1 2; predictions 0 1 1 1 0
@@ -81,7 +81,7 @@ def test_report_text_and_dict():
 
 def test_write_confusion_csv_one_row_per_image(tmp_path):
     out = tmp_path / "plots" / "confusion_x.csv"
-    E.write_confusion_csv(out, TARGETS, LOGITS, NAMES)
+    F.write_confusion_csv(out, TARGETS, LOGITS, NAMES)
     with open(out, newline="") as f:
         rows = list(csv.reader(f))
     assert rows == [["actual", "predicted"], ["stop", "stop"], ["stop", "yield"], ["yield", "yield"],
@@ -100,7 +100,7 @@ def _png(path):
 
 def test_confusion_png(tmp_path):
     out = tmp_path / "plots" / "confusion.png"
-    E.confusion_png(out, TARGETS, LOGITS, NAMES, "test split")
+    F.confusion_png(out, TARGETS, LOGITS, NAMES, "test split")
     img = _png(out)
     assert len(set(img.getdata())) > 10  # a drawn figure, not a blank canvas
     assert [p.name for p in out.parent.iterdir()] == ["confusion.png"]
@@ -110,8 +110,8 @@ def test_confusion_png_many_classes_grows(tmp_path):
     names = [f"class {i}" for i in range(20)]
     t = torch.arange(20)
     small, big = tmp_path / "s.png", tmp_path / "b.png"
-    E.confusion_png(small, TARGETS, LOGITS, NAMES, "3")
-    E.confusion_png(big, t, torch.nn.functional.one_hot(t, 20).float(), names, "20")
+    F.confusion_png(small, TARGETS, LOGITS, NAMES, "3")
+    F.confusion_png(big, t, torch.nn.functional.one_hot(t, 20).float(), names, "20")
     with Image.open(small) as a, Image.open(big) as b:
         assert b.size[0] > a.size[0] and b.size[1] > a.size[1]
 
@@ -125,7 +125,7 @@ HISTORY = [
 
 def test_curves_png(tmp_path):
     out = tmp_path / "plots" / "train_head.png"
-    E.curves_png(out, HISTORY, "train_head", best_epoch=2)
+    F.curves_png(out, HISTORY, "train_head", best_epoch=2)
     img = _png(out)
     assert img.size[0] > img.size[1]  # two panels side by side
     assert [p.name for p in out.parent.iterdir()] == ["train_head.png"]
@@ -133,7 +133,7 @@ def test_curves_png(tmp_path):
 
 def test_write_history_csv(tmp_path):
     out = tmp_path / "h.csv"
-    E.write_history_csv(out, HISTORY)
+    F.write_history_csv(out, HISTORY)
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]

@@ -17,8 +17,9 @@ import pytest
 import yaml
 
 from _support import REPO
-from tlpipe import params as P, tracking
-from tlpipe.backbones import BLOCK_GROUPS
+from tlpipe import tracking
+from tlpipe.config import params as P
+from tlpipe.config.backbones import BLOCK_GROUPS
 from tlpipe.errors import PipelineError
 
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
@@ -196,7 +197,7 @@ def _stage_env(uri: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["train_head"])  # finetune and retrain share workflow.training_stage
+@pytest.mark.parametrize("stage", ["train_head"])  # finetune and retrain share training.stage.train
 def test_training_stage_with_unreachable_store_exits_2_before_any_output(tmp_path, closed_port, stage):
     """The real stage script, MLflow's default HTTP retries left on: one `error:` line naming the URI, exit
     status 2, and no model, metrics or plot written (training never started)."""
@@ -310,7 +311,7 @@ def test_servers_bind_loopback_by_default():
             if param is not None and fn.__module__ == module.__name__:
                 assert param.default in ("127.0.0.1", "localhost"), (module.__name__, fn.__name__, param.default)
                 checked += 1
-    if (REPO / "src" / "tlpipe" / "serving.py").exists():
+    if (REPO / "src" / "tlpipe" / "serving" / "server.py").exists():
         assert checked >= 1  # serving.serve_command(host=...)
 
 

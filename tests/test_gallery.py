@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from tlpipe.evaluation import misclassified_png
+from tlpipe.evaluation.plots import misclassified_png
 
 
 def _case(n_wrong: int):

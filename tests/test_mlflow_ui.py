@@ -24,7 +24,7 @@ from tlpipe import tracking
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
 EXPERIMENT = PARAMS["tracking"]["experiment"]
 
-# stage -> (epochs, summary metrics) for training stages, as workflow.save_training logs them
+# stage -> (epochs, summary metrics) for training stages, as training.stage.save_training logs them
 TRAINING = {
     "train_head": (6, {"best_epoch": 5, "best_val_acc": 0.953704, "best_val_loss": 0.201695}),
     "finetune": (4, {"best_epoch": 2, "best_val_acc": 0.972222, "best_val_loss": 0.109952}),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tlpipe import calibration, openset
+from tlpipe.evaluation import calibration, openset, plots
 from tlpipe.data import manifest
 from tlpipe.errors import PipelineError
 
@@ -75,7 +75,7 @@ def test_ece_zero_for_perfectly_calibrated_bins() -> None:
 def test_reliability_png(tmp_path: Path) -> None:
     logits = torch.randn(50, 3, generator=torch.Generator().manual_seed(1))
     out = tmp_path / "rel.png"
-    calibration.reliability_png(out, logits, logits.argmax(1), 1.5, "test")
+    plots.reliability_png(out, logits, logits.argmax(1), 1.5, "test")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

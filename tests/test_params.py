@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tlpipe import params as P
+from tlpipe.config import params as P
 from tlpipe.errors import PipelineError
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"

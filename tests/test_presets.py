@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from _support import REPO
-from tlpipe import params as P, presets
+from tlpipe.config import params as P, presets
 from tlpipe.errors import PipelineError
-from tlpipe.params import flatten
+from tlpipe.config.params import flatten
 
 PRESETS = sorted(p.stem for p in (REPO / "presets").glob("*.yaml"))
 

@@ -59,7 +59,7 @@ def _pattern(cls: int, i: int, size: int) -> Image.Image:
 
 
 def _preset(repo: Path, name: str) -> None:
-    sh([sys.executable, "-m", "tlpipe.presets", name], repo)
+    sh([sys.executable, "-m", "tlpipe.config.presets", name], repo)
 
 
 def _outputs_exist(repo: Path) -> None:

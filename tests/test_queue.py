@@ -81,9 +81,9 @@ def test_two_queued_experiments_run_in_parallel(tmp_path: Path) -> None:
     assert set(exps) - {str(float(EXTRA_LR))} == {str(float(lr)) for lr in LRS}, exps
     metrics = [m for _, m in exps.values()]
     for m in metrics:
-        assert "metrics/evaluate_retrained.json" in m and "metrics/finetune.json" in m, m.keys()
+        assert "metrics/evaluate_retrained.json" in m and "metrics/finetuned.json" in m, m.keys()
     # same upstream params: the two concurrent runs trained the same head, bit for bit
-    heads = [m["metrics/train_head.json"]["data"] for m in metrics]
+    heads = [m["metrics/head.json"]["data"] for m in metrics]
     assert all(h == heads[0] for h in heads)
 
     # both in the repository's store (not the throwaway copies), under their own experiment names

@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 
 from _support import REPO
-from tlpipe import checkpoint, models, predict, serving
+from tlpipe import checkpoint, models, predict
+from tlpipe.serving import model as serving, registry, server as srv
 from tlpipe.errors import PipelineError
 
 CLASSES = ["zero", "one", "unknown"]
@@ -52,7 +53,7 @@ def store(tmp_path_factory: pytest.TempPathFactory):
         mlflow.set_experiment("serving-test")
         with mlflow.start_run() as run:
             run_id = run.info.run_id
-        name, version = serving.register(ckpt, files[0].read_bytes(), NAME, run_id, root, 10)
+        name, version = registry.register(ckpt, files[0].read_bytes(), NAME, run_id, root, 10)
         yield {"uri": uri, "ckpt": ckpt, "files": files, "name": name, "version": version, "run_id": run_id,
                "root": root}
     finally:
@@ -87,7 +88,7 @@ def test_registered_pyfunc_matches_predict(store) -> None:
         store["root"] / "dl")))
     assert (local / "serving_input_example.json").is_file()
     assert any(p.name == "m.pt" for p in local.rglob("*.pt"))  # the checkpoint is the model's artifact
-    assert (local / "code" / "tlpipe" / "serving.py").is_file()  # the code travels with the model
+    assert (local / "code" / "tlpipe" / "serving" / "model.py").is_file()  # the code travels with the model
     check_answer(model.predict(frame(store["files"])), store["files"], store["ckpt"])
     one = model.predict(frame(store["files"][1:2]))  # one image alone: same answer as in the batch
     check_answer(one, store["files"][1:2], store["ckpt"])
@@ -145,13 +146,13 @@ def _post(url: str, body: dict) -> tuple[int, str]:
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_like_predict_command(store, tmp_path: Path) -> None:
     port = _free_port()
-    env = {**serving.serve_env(store["uri"]), "PYTHONUNBUFFERED": "1"}
+    env = {**srv.serve_env(store["uri"]), "PYTHONUNBUFFERED": "1"}
     log = (tmp_path / "serve.log").open("w")
-    server = subprocess.Popen(serving.serve_command(f"models:/{NAME}/{store['version']}", port),
+    server = subprocess.Popen(srv.serve_command(f"models:/{NAME}/{store['version']}", port),
                               cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        serving.wait_ready(base, server, 180)
+        srv.wait_ready(base, server, 180)
         files = store["files"]
         status, text = _post(f"{base}/invocations", {"dataframe_split": frame(files).to_dict(orient="split")})
         assert status == 200, text
@@ -176,5 +177,5 @@ def test_mlflow_models_serve_answers_like_predict_command(store, tmp_path: Path)
         status, _ = _post(f"{base}/invocations", {"dataframe_split": frame(files[:1]).to_dict(orient="split")})
         assert status == 200  # still serving after a bad request
     finally:
-        serving.stop(server)
+        srv.stop(server)
         log.close()

@@ -10,7 +10,11 @@ import torch
 
 from tlpipe import models
 from tlpipe.data.transforms import normalize
-from tlpipe.training import Data, Phase, Preproc, fit, predict_logits, run_groups, set_seed
+from tlpipe.config.phases import Phase
+from tlpipe.data.splitdir import Data
+from tlpipe.inference import Preproc, predict_logits, run_groups
+from tlpipe.runtime import set_seed
+from tlpipe.training.loop import fit
 
 SIZE = 32
 AUG = {"crop_scale_min": 0.8, "rotation": 5, "hflip": 0.0, "color_jitter": 0.1}
@@ -43,7 +47,7 @@ def data():
 
 def preproc(backbone: str) -> Preproc:
     sp = models.spec(backbone)
-    return Preproc(sp.mean, sp.std, AUG, SIZE, torch.device("cpu"))
+    return Preproc(sp.mean, sp.std, SIZE, torch.device("cpu"))
 
 
 def phase(**kw) -> Phase:
@@ -87,7 +91,7 @@ def test_head_mode_learns_and_keeps_backbone_frozen(data):
     before = {k: v.clone() for k, v in net.state_dict().items() if not k.startswith("head.")}
     ph = phase(epochs=10, feature_views=2)
     seen = []
-    res = fit(net, train, valid, ph, pp, hook=seen.append)
+    res = fit(net, train, valid, ph, pp, AUG, hook=seen.append)
     assert seen == res.history
     assert res.best_val_acc == 1.0
     assert res.history[-1]["train_acc"] >= 0.9
@@ -102,7 +106,7 @@ def test_head_mode_scheduler_lr_recorded(data):
     train, valid = data
     pp = preproc("resnet18")
     ph = phase(epochs=4, optimizer="sgd", scheduler="step", step_size=2, gamma=0.5, lr=0.01)
-    res = fit(fresh_net(), train, valid, ph, pp)
+    res = fit(fresh_net(), train, valid, ph, pp, AUG)
     assert [h["lr"] for h in res.history] == pytest.approx([0.01, 0.01, 0.005, 0.005])
 
 
@@ -122,7 +126,7 @@ def test_best_state_is_a_snapshot_of_the_best_epoch(data):
                 net.head.bias.mul_(-1)
 
     ph = phase(epochs=3, lr=0.01, scheduler="step", step_size=1, gamma=0.001)
-    res = fit(net, train, valid, ph, pp, hook=hook)
+    res = fit(net, train, valid, ph, pp, AUG, hook=hook)
     assert res.history[0]["val_acc"] == 1.0 and res.history[-1]["val_acc"] < 0.5
     assert res.best_epoch == 1 and res.best_val_acc == 1.0
     assert all(torch.equal(v, snapshots[1][k]) for k, v in res.best_state.items())
@@ -137,7 +141,7 @@ def test_no_epoch_better_than_start_keeps_starting_weights(data):
     start = {k: v.clone() for k, v in net.state_dict().items()}
     # validation labels inverted: learning the training task only makes validation worse
     flipped = Data(valid.images, 1 - valid.targets)
-    res = fit(net, train, flipped, phase(epochs=3), pp)
+    res = fit(net, train, flipped, phase(epochs=3), pp, AUG)
     assert all(h["val_acc"] <= res.initial["val_acc"] for h in res.history)
     assert res.best_epoch == 0 and res.best_val_acc == res.initial["val_acc"]
     assert all(torch.equal(v, start[k]) for k, v in res.best_state.items())
@@ -150,7 +154,7 @@ def test_partial_mode_learns_trains_only_top_groups(data):
     net = fresh_net()
     start = {k: v.clone() for k, v in net.state_dict().items()}
     ph = phase(epochs=3, lr=0.001, unfreeze_blocks=1, bn_train=False)
-    res = fit(net, train, valid, ph, pp)
+    res = fit(net, train, valid, ph, pp, AUG)
     assert res.best_val_acc == 1.0
     check_result(res, net, ph, valid, pp)
     last = res.last_state
@@ -170,7 +174,7 @@ def test_partial_mode_bn_train_updates_statistics_of_unfrozen_groups_only(data):
     pp = preproc("resnet18")
     net = fresh_net()
     start = {k: v.clone() for k, v in net.state_dict().items()}
-    res = fit(net, train, valid, phase(epochs=1, lr=0.001, unfreeze_blocks=1, bn_train=True), pp)
+    res = fit(net, train, valid, phase(epochs=1, lr=0.001, unfreeze_blocks=1, bn_train=True), pp, AUG)
     last = res.last_state
     assert not torch.equal(start["groups.4.0.bn1.running_mean"], last["groups.4.0.bn1.running_mean"])
     assert torch.equal(start["groups.3.0.bn1.running_mean"], last["groups.3.0.bn1.running_mean"])
@@ -182,7 +186,7 @@ def test_partial_mode_on_efficientnet_lite0(data):
     net = fresh_net("efficientnet_lite0")
     start = {k: v.clone() for k, v in net.state_dict().items()}
     ph = phase(epochs=2, lr=0.001, unfreeze_blocks=2, optimizer="adamw", scheduler="cosine")
-    res = fit(net, train, valid, ph, pp)
+    res = fit(net, train, valid, ph, pp, AUG)
     check_result(res, net, ph, valid, pp)
     assert res.best_val_acc == 1.0
     changed = {k.split(".")[1] for k in start if k.startswith("groups.") and not torch.equal(start[k], res.last_state[k])}
@@ -195,7 +199,7 @@ def _run(mode: str, data) -> tuple[dict, dict, list]:
     pp = preproc("resnet18")
     net = fresh_net(seed=3)
     ph = phase(epochs=2, feature_views=2) if mode == "head" else phase(epochs=1, lr=0.001, unfreeze_blocks=1)
-    res = fit(net, train, valid, ph, pp)
+    res = fit(net, train, valid, ph, pp, AUG)
     return res.best_state, res.last_state, res.history
 
 
@@ -214,7 +218,7 @@ def test_different_seed_differs(data):
     pp = preproc("resnet18")
     heads = []
     for seed in (1, 2):
-        res = fit(fresh_net(seed=seed), train, valid, phase(epochs=1), pp)
+        res = fit(fresh_net(seed=seed), train, valid, phase(epochs=1), pp, AUG)
         heads.append(res.last_state["head.weight"])
     assert not torch.equal(heads[0], heads[1])
 
@@ -254,7 +258,7 @@ def test_run_groups_is_eval_mode_and_no_grad(data):
 
 
 def test_phase_from_params_reads_repo_sections():
-    from tlpipe import params as P
+    from tlpipe.config import params as P
 
     p = P.load(P.Path(__file__).resolve().parents[1] / "params.yaml")
     head = Phase.from_params(p["train_head"])

@@ -12,8 +12,12 @@ import torch
 from tlpipe import models
 from tlpipe.data.transforms import BatchAugment, V2Augment, build_v2, make_augment
 from tlpipe.errors import PipelineError
-from tlpipe.training import Mixer, Resume, fit, lr_factor, set_seed
-from test_training import data, fresh_net, phase, preproc  # noqa: F401 - fixtures and helpers shared
+from tlpipe.runtime import set_seed
+from tlpipe.training.loop import fit
+from tlpipe.training.mixing import Mixer
+from tlpipe.training.optim import lr_factor
+from tlpipe.training.resume import Resume
+from test_training import AUG, data, fresh_net, phase, preproc  # noqa: F401 - fixtures and helpers shared
 
 SIZE = 32
 
@@ -37,14 +41,14 @@ def test_lr_factor_step_multistep_cosine_warmup():
 def test_fit_records_multistep_and_warmup_lrs(data):
     train, valid = data
     ph = phase(epochs=4, scheduler="multistep", milestones=(3,), gamma=0.1, warmup_epochs=1, lr=0.01)
-    res = fit(fresh_net(), train, valid, ph, preproc("resnet18"))
+    res = fit(fresh_net(), train, valid, ph, preproc("resnet18"), AUG)
     assert [h["lr"] for h in res.history] == pytest.approx([0.005, 0.01, 0.01, 0.001])
 
 
 def test_onecycle_rises_then_falls_per_batch(data):
     train, valid = data
     ph = phase(epochs=6, scheduler="onecycle", warmup_epochs=2, lr=0.01, optimizer="sgd")
-    lrs = [h["lr"] for h in fit(fresh_net(), train, valid, ph, preproc("resnet18")).history]
+    lrs = [h["lr"] for h in fit(fresh_net(), train, valid, ph, preproc("resnet18"), AUG).history]
     peak = lrs.index(max(lrs))
     assert 0 < peak < len(lrs) - 1
     assert max(lrs) <= 0.01 + 1e-9 and lrs[0] < max(lrs) / 5 and lrs[-1] < max(lrs) / 5
@@ -54,7 +58,7 @@ def test_plateau_lowers_lr_when_val_loss_stalls(data):
     train, valid = data
     # lr so small that val_loss cannot improve: plateau with patience 0 cuts lr after every epoch
     ph = phase(epochs=3, scheduler="plateau", plateau_patience=0, gamma=0.5, lr=1e-30, optimizer="sgd", momentum=0.0)
-    lrs = [h["lr"] for h in fit(fresh_net(), train, valid, ph, preproc("resnet18")).history]
+    lrs = [h["lr"] for h in fit(fresh_net(), train, valid, ph, preproc("resnet18"), AUG).history]
     assert lrs[1] == pytest.approx(lrs[0] * 0.5) and lrs[2] == pytest.approx(lrs[0] * 0.25)
 
 
@@ -63,14 +67,14 @@ def test_early_stopping_stops_after_patience(data):
     train, valid = data
     ph = phase(epochs=20, early_stopping=2, lr=1e-30, optimizer="sgd", momentum=0.0)  # nothing can improve
     seen = []
-    res = fit(fresh_net(), train, valid, ph, preproc("resnet18"), hook=seen.append)
+    res = fit(fresh_net(), train, valid, ph, preproc("resnet18"), AUG, hook=seen.append)
     assert [int(h["epoch"]) for h in res.history] == [1, 2]
     assert seen == res.history and res.best_epoch == 0
 
 
 def test_early_stopping_off_runs_every_epoch(data):
     train, valid = data
-    res = fit(fresh_net(), train, valid, phase(epochs=3, lr=1e-30, optimizer="sgd"), preproc("resnet18"))
+    res = fit(fresh_net(), train, valid, phase(epochs=3, lr=1e-30, optimizer="sgd"), preproc("resnet18"), AUG)
     assert len(res.history) == 3
 
 
@@ -78,8 +82,8 @@ def test_grad_clip_bounds_each_sgd_step(data):
     train, valid = data
     start = fresh_net().state_dict()["head.weight"].clone()
     kw = dict(epochs=1, optimizer="sgd", momentum=0.0, lr=1.0, batch_size=8)
-    clipped = fit(fresh_net(), train, valid, phase(grad_clip=1e-3, **kw), preproc("resnet18")).last_state
-    free = fit(fresh_net(), train, valid, phase(**kw), preproc("resnet18")).last_state
+    clipped = fit(fresh_net(), train, valid, phase(grad_clip=1e-3, **kw), preproc("resnet18"), AUG).last_state
+    free = fit(fresh_net(), train, valid, phase(**kw), preproc("resnet18"), AUG).last_state
     steps = math.ceil(len(train.targets) / 8)
     moved = (clipped["head.weight"] - start).norm()
     assert moved <= steps * 1e-3 * 1.01
@@ -119,7 +123,7 @@ def test_mixup_and_dropout_training_is_seeded(data):
         set_seed(5)
         net = models.build("resnet18", 2, pretrained=False, dropout=0.3)
         ph = phase(epochs=2, mixup_alpha=0.2, cutmix_alpha=1.0, unfreeze_blocks=1, lr=0.001)
-        res = fit(net, train, valid, ph, preproc("resnet18"))
+        res = fit(net, train, valid, ph, preproc("resnet18"), AUG)
         return res.history, res.last_state
 
     (h1, s1), (h2, s2) = run(), run()
@@ -194,9 +198,10 @@ def test_v2_ops_must_end_at_input_size():
 
 def test_fit_with_v2_engine(data):
     train, valid = data
-    pp = replace(preproc("resnet18"), augment={"engine": "v2", "v2": [{"RandomCrop": {"size": SIZE, "padding": 4}},
+    pp = preproc("resnet18")
+    v2 = {"engine": "v2", "v2": [{"RandomCrop": {"size": SIZE, "padding": 4}},
                                                                       "RandomHorizontalFlip"]})
-    res = fit(fresh_net(), train, valid, phase(epochs=1, unfreeze_blocks=1, prefix_views=0, lr=1e-3), pp)
+    res = fit(fresh_net(), train, valid, phase(epochs=1, unfreeze_blocks=1, prefix_views=0, lr=1e-3), pp, v2)
     assert len(res.history) == 1
 
 
@@ -231,19 +236,19 @@ def test_resumed_phase_ends_with_identical_weights(mode, every, data, tmp_path):
         set_seed(11)
         return models.build("resnet18", 2, pretrained=False, dropout=0.2)
 
-    ref = fit(net(), train, valid, ph, pp)
+    ref = fit(net(), train, valid, ph, pp, AUG)
     resume = Resume(tmp_path / "r.pt", every)
     with pytest.raises(Killed):
-        fit(net(), train, valid, ph, pp, hook=_kill_at(3), resume=resume)
+        fit(net(), train, valid, ph, pp, AUG, hook=_kill_at(3), resume=resume)
     assert resume.path.is_file()
     seen = []
-    got = fit(net(), train, valid, ph, pp, hook=seen.append, resume=resume)
+    got = fit(net(), train, valid, ph, pp, AUG, hook=seen.append, resume=resume)
     assert got.history == ref.history and seen == ref.history  # earlier epochs replayed to the hook
     assert got.best_epoch == ref.best_epoch
     for a, b in ((got.last_state, ref.last_state), (got.best_state, ref.best_state)):
         assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
     # a finished phase's file restores its end state without training again
-    again = fit(net(), train, valid, ph, pp, resume=resume)
+    again = fit(net(), train, valid, ph, pp, AUG, resume=resume)
     assert again.history == ref.history
     assert all(torch.equal(again.last_state[k], ref.last_state[k]) for k in ref.last_state)
 
@@ -253,11 +258,11 @@ def test_resume_file_of_other_settings_is_ignored(data, tmp_path):
     pp = preproc("resnet18")
     resume = Resume(tmp_path / "r.pt")
     with pytest.raises(Killed):
-        fit(fresh_net(), train, valid, phase(epochs=4), pp, hook=_kill_at(2), resume=resume)
+        fit(fresh_net(), train, valid, phase(epochs=4), pp, AUG, hook=_kill_at(2), resume=resume)
     other = phase(epochs=4, lr=0.02)
     seen = []
-    res = fit(fresh_net(), train, valid, other, pp, hook=seen.append, resume=resume)
-    ref = fit(fresh_net(), train, valid, other, pp)
+    res = fit(fresh_net(), train, valid, other, pp, AUG, hook=seen.append, resume=resume)
+    ref = fit(fresh_net(), train, valid, other, pp, AUG)
     assert res.history == ref.history == seen
 
 
@@ -265,5 +270,5 @@ def test_torn_resume_file_is_ignored(data, tmp_path):
     train, valid = data
     path = tmp_path / "r.pt"
     path.write_bytes(b"not a torch file")
-    res = fit(fresh_net(), train, valid, phase(epochs=2), preproc("resnet18"), resume=Resume(path))
+    res = fit(fresh_net(), train, valid, phase(epochs=2), preproc("resnet18"), AUG, resume=Resume(path))
     assert len(res.history) == 2

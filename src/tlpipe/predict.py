@@ -12,12 +12,10 @@ from typing import Any
 
 import torch
 
-from . import checkpoint, models
-from .data.images import decode
+from . import checkpoint
 from .errors import PipelineError
+from .inference import classify
 from .stage import entry
-from .training import predict_logits
-from .workflow import preproc_from_meta
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -41,15 +39,6 @@ def probabilities(model: Path, files: list[Path], batch: int = 64) -> tuple[list
     """Class names and (N, classes) probabilities, softmax(logits / T) with the checkpoint's temperature."""
     net, meta = checkpoint.restore(model)
     return list(meta["classes"]), classify(net, meta, [(str(f), f.read_bytes()) for f in files], batch)
-
-
-def classify(net: models.Net, meta: dict[str, Any], blobs: list[tuple[str, bytes]], batch: int = 64) -> torch.Tensor:
-    """(N, classes) probabilities of encoded images (name, bytes): decoded, resized and normalised as the
-    checkpoint was trained, softmax(logits / T). The one inference path of predict and the served model."""
-    pp = preproc_from_meta(meta, "cpu", channels_last=True, batch=batch)
-    images = torch.stack([torch.from_numpy(decode(data, name, pp.size)).permute(2, 0, 1) for name, data in blobs])
-    logits = predict_logits(net, images, pp)
-    return torch.softmax(logits / float(meta.get("temperature", 1.0)), 1)
 
 
 def top_k(classes: list[str], probs: torch.Tensor, files: list[Path], k: int) -> list[dict[str, Any]]:

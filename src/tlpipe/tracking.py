@@ -14,7 +14,7 @@ from typing import Any, Callable, ContextManager, Iterator
 
 from .atomic import alive
 from .errors import PipelineError
-from .params import flatten
+from .config.params import flatten
 
 
 def store_root(root: Path) -> Path:
@@ -179,45 +179,73 @@ def bounded_http(timeout: int) -> Iterator[None]:
 
 
 @contextmanager
-def stage_run(stage: str, params: dict[str, Any], experiment: str, root: Path = Path(".")) -> Iterator[Tracker]:
-    """One MLflow run for a stage: params, tags; FAILED if the block raises. Fails early if unreachable."""
+def store(root: Path) -> Iterator[str]:
+    """Point MLflow at tracking_uri(root) for the block; yields the URI. MLflow exports the URI to the
+    environment: afterwards MLFLOW_TRACKING_URI is as before (unset stays unset)."""
     import mlflow
 
     env_uri = os.environ.get("MLFLOW_TRACKING_URI")
     uri = tracking_uri(root)
-    timeout = int(params["tracking"]["connect_timeout"])
-    check_sqlite(uri, timeout)  # before MLflow's own waits and retries
-    mlflow.set_tracking_uri(uri)  # note: MLflow also exports it to the environment
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield uri
+    finally:
+        if env_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def _start_run(mlflow: Any, stage: str, experiment: str, root: Path, uri: str, timeout: int, local: bool) -> None:
+    """Experiment set up, runs of killed stages ended, this stage's run started; one error if unusable."""
     try:
         with bounded_http(timeout), store_lock(uri, timeout):
-            end_dead_runs(_experiment(mlflow, experiment, root, local=not env_uri))
+            end_dead_runs(_experiment(mlflow, experiment, root, local=local))
             mlflow.start_run(run_name=run_name(stage))
     except PipelineError:
         raise
     except Exception as exc:  # noqa: BLE001
         raise PipelineError(f"mlflow: tracking store {uri} is not usable: {str(exc).splitlines()[0][:200]}") from exc
-    lock = partial(store_lock, uri, timeout)
-    finished = False
+
+
+def _log_run_info(mlflow: Any, stage: str, params: dict[str, Any], root: Path,
+                  lock: Callable[[], ContextManager[None]]) -> None:
+    """Tags (stage, git commit, DVC experiment, pid and host) and every param, flattened."""
+    tags = {"stage": stage, "git_commit": git_commit(root), "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "workspace"),
+            PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    items = [(k, str(v)[:500]) for k, v in flatten(params).items()]
+    with lock():
+        mlflow.set_tags(tags)
+        for i in range(0, len(items), 90):
+            mlflow.log_params(dict(items[i : i + 90]))
+
+
+def _end_run(mlflow: Any, lock: Callable[[], ContextManager[None]], finished: bool) -> None:
+    """FINISHED or FAILED; on failure, the stage's own error is the one reported."""
+    if mlflow.active_run() is None:
+        return
     try:
-        tags = {"stage": stage, "git_commit": git_commit(root),
-                "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "workspace"),
-                PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
-        items = [(k, str(v)[:500]) for k, v in flatten(params).items()]
         with lock():
-            mlflow.set_tags(tags)
-            for i in range(0, len(items), 90):
-                mlflow.log_params(dict(items[i : i + 90]))
-        yield Tracker(mlflow, lock)
-        finished = True
-    finally:
+            mlflow.end_run(status="FINISHED" if finished else "FAILED")
+    except Exception:  # noqa: BLE001
+        if finished:
+            raise
+
+
+@contextmanager
+def stage_run(stage: str, params: dict[str, Any], experiment: str, root: Path = Path(".")) -> Iterator[Tracker]:
+    """One MLflow run for a stage: params, tags; FAILED if the block raises. Fails early if unreachable."""
+    import mlflow
+
+    local = not os.environ.get("MLFLOW_TRACKING_URI")
+    uri = tracking_uri(root)
+    timeout = int(params["tracking"]["connect_timeout"])
+    check_sqlite(uri, timeout)  # before MLflow's own waits and retries
+    with store(root):
+        _start_run(mlflow, stage, experiment, root, uri, timeout, local)
+        lock = partial(store_lock, uri, timeout)
+        finished = False
         try:
-            if mlflow.active_run() is not None:
-                try:
-                    with lock():
-                        mlflow.end_run(status="FINISHED" if finished else "FAILED")
-                except Exception:  # noqa: BLE001 - on failure, the stage's own error is the one to report
-                    if finished:
-                        raise
+            _log_run_info(mlflow, stage, params, root, lock)
+            yield Tracker(mlflow, lock)
+            finished = True
         finally:
-            if env_uri is None:
-                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            _end_run(mlflow, lock, finished)

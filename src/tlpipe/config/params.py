@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .errors import PipelineError
+from ..errors import PipelineError
 
 Check = Callable[[str, Any], None]
 

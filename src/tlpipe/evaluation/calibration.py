@@ -1,16 +1,8 @@
-"""Calibration: expected calibration error, temperature scaling fitted on validation, reliability diagram."""
+"""Calibration: expected calibration error and temperature scaling fitted on validation."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from .atomic import atomic_path  # noqa: E402
+import torch
 
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, steps: int = 200) -> float:
@@ -46,28 +38,3 @@ def ece(probs: torch.Tensor, targets: torch.Tensor, n_bins: int = 15) -> float:
     """Expected calibration error: count-weighted |accuracy - confidence| over confidence bins."""
     total = len(targets)
     return float(sum(n / total * abs(acc - conf) for conf, acc, n in bins(probs, targets, n_bins) if n))
-
-
-def reliability_png(path: str | Path, logits: torch.Tensor, targets: torch.Tensor, temperature: float,
-                    title: str, n_bins: int = 15) -> None:
-    """Accuracy against confidence per bin, before and after temperature scaling."""
-    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=110)
-    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-    for t, label, marker in ((1.0, "raw", "o"), (temperature, f"T = {temperature:.2f}", "s")):
-        probs = torch.softmax(logits / t, 1)
-        pts = [(c, a) for c, a, n in bins(probs, targets, n_bins) if n]
-        xs, ys = zip(*pts) if pts else ((), ())
-        ax.plot(xs, ys, marker=marker, label=f"{label} (ECE {100 * ece(probs, targets, n_bins):.2f}%)")
-    ax.set_xlabel("confidence (max softmax)")
-    ax.set_ylabel("accuracy")
-    ax.set_xlim(0, 1.0)
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left")
-    ax.set_title(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-
-

@@ -16,9 +16,9 @@ from typing import Any
 import yaml
 
 from . import params as P
-from .atomic import write_text
-from .errors import PipelineError
-from .stage import entry
+from ..atomic import write_text
+from ..errors import PipelineError
+from ..stage import entry
 
 REPLACED = {"known_classes"}  # mappings a preset replaces whole instead of merging
 BASE = "digits.yaml"  # the defaults: applied before every preset, so no setting carries over from another

@@ -1,4 +1,6 @@
-"""Metrics (scikit-learn), confusion matrix and training-curve figures (matplotlib)."""
+"""Figures and DVC plot data: confusion matrix, per-class scores, ROC, curves, galleries, reliability.
+
+matplotlib is imported by the figure functions only, so that importing this module costs nothing."""
 
 from __future__ import annotations
 
@@ -6,51 +8,27 @@ import csv
 from pathlib import Path
 from typing import Any, Sequence
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from sklearn.metrics import classification_report, confusion_matrix, f1_score  # noqa: E402
-
-from .atomic import atomic_path  # noqa: E402
+from ..atomic import atomic_path
+from .calibration import bins, ece
 
 
-def _r(x: float) -> float:
-    """Round for stable, readable metrics files."""
-    return round(float(x), 6)
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
-def compute(targets: torch.Tensor, logits: torch.Tensor, names: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, loss, macro-F1 and per-class precision/recall/F1 of one labelled set."""
-    y = targets.numpy()
-    pred = logits.argmax(1).numpy()
-    labels = list(range(len(names)))
-    loss = torch.nn.functional.cross_entropy(logits, targets).item()
-    rep = report_dict(targets, logits, names)
-    per_class = {n: {k: rep[n][k] for k in ("precision", "recall", "f1-score")} | {"support": int(rep[n]["support"])}
-                 for n in names}
-    return {
-        "accuracy": _r((pred == y).mean()),
-        "loss": _r(loss),
-        "macro_f1": _r(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
-        "n_images": int(len(y)),
-        "per_class": per_class,
-    }
-
-
-def report_text(targets: torch.Tensor, logits: torch.Tensor, names: Sequence[str]) -> str:
-    labels = list(range(len(names)))
-    return classification_report(targets.numpy(), logits.argmax(1).numpy(), labels=labels,
-                                 target_names=list(names), digits=4, zero_division=0)
-
-
-def report_dict(targets: torch.Tensor, logits: torch.Tensor, names: Sequence[str]) -> dict[str, Any]:
-    labels = list(range(len(names)))
-    rep = classification_report(targets.numpy(), logits.argmax(1).numpy(), labels=labels,
-                                target_names=list(names), output_dict=True, zero_division=0)
-    return {k: ({m: _r(v) for m, v in val.items()} if isinstance(val, dict) else _r(val)) for k, val in rep.items()}
+def _save(fig: Any, path: str | Path) -> None:
+    """Write a figure atomically as PNG and close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    _pyplot().close(fig)
 
 
 def write_confusion_csv(path: str | Path, targets: torch.Tensor, logits: torch.Tensor, names: Sequence[str]) -> None:
@@ -74,6 +52,9 @@ def write_per_class_csv(path: str | Path, per_class: dict[str, dict[str, Any]]) 
 
 def confusion_png(path: str | Path, targets: torch.Tensor, logits: torch.Tensor, names: Sequence[str], title: str) -> None:
     """Confusion matrix with the count written in every cell, rows normalised for colour."""
+    plt = _pyplot()
+    from sklearn.metrics import confusion_matrix
+
     cm = confusion_matrix(targets.numpy(), logits.argmax(1).numpy(), labels=list(range(len(names))))
     share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     side = max(4.0, 0.6 * len(names) + 2.0)
@@ -90,9 +71,7 @@ def confusion_png(path: str | Path, targets: torch.Tensor, logits: torch.Tensor,
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of actual class")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    _save(fig, path)
 
 
 def write_history_csv(path: str | Path, history: list[dict[str, float]]) -> None:
@@ -106,6 +85,7 @@ def write_history_csv(path: str | Path, history: list[dict[str, float]]) -> None
 
 def curves_png(path: str | Path, history: list[dict[str, float]], title: str, best_epoch: int) -> None:
     """Loss and accuracy per epoch, train and validation, the kept epoch marked."""
+    plt = _pyplot()
     ep = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
     for ax, key, label in ((a, "loss", "loss"), (b, "acc", "accuracy")):
@@ -118,9 +98,7 @@ def curves_png(path: str | Path, history: list[dict[str, float]], title: str, be
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    _save(fig, path)
 
 
 def write_roc_csv(path: str | Path, is_known: np.ndarray, score: np.ndarray) -> None:
@@ -141,6 +119,7 @@ def misclassified_png(path: str | Path, images: torch.Tensor, targets: torch.Ten
                       names: Sequence[str], title: str, limit: int) -> int:
     """A grid of up to `limit` misclassified images (uint8 NCHW), each titled true -> predicted (probability),
     most confident mistakes first. Returns how many images were wrong in total."""
+    plt = _pyplot()
     probs = logits.softmax(1)
     conf, pred = probs.max(1)
     wrong = torch.nonzero(pred != targets).flatten()
@@ -159,7 +138,28 @@ def misclassified_png(path: str | Path, images: torch.Tensor, targets: torch.Ten
     fig.suptitle(f"{title}: {len(wrong)} of {len(targets)} wrong" + (f", {len(order)} shown" if len(wrong) > len(order) else ""),
                  fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    _save(fig, path)
     return int(len(wrong))
+
+
+
+def reliability_png(path: str | Path, logits: torch.Tensor, targets: torch.Tensor, temperature: float,
+                    title: str, n_bins: int = 15) -> None:
+    """Accuracy against confidence per bin, before and after temperature scaling."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=110)
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    for t, label, marker in ((1.0, "raw", "o"), (temperature, f"T = {temperature:.2f}", "s")):
+        probs = torch.softmax(logits / t, 1)
+        pts = [(c, a) for c, a, n in bins(probs, targets, n_bins) if n]
+        xs, ys = zip(*pts) if pts else ((), ())
+        ax.plot(xs, ys, marker=marker, label=f"{label} (ECE {100 * ece(probs, targets, n_bins):.2f}%)")
+    ax.set_xlabel("confidence (max softmax)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1.0)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    ax.set_title(title)
+    fig.tight_layout()
+    _save(fig, path)

@@ -1,0 +1,1 @@
+"""Configuration: params.yaml (schema, validation), presets, the training-phase record, the backbone table."""

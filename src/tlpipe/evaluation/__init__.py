@@ -1,0 +1,1 @@
+"""Evaluation: metrics, calibration, open-set scores, figures, and the evaluate stage's body."""

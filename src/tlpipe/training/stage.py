@@ -1,0 +1,153 @@
+"""What the train_head, finetune and retrain stages share: seed, data, one MLflow run, phases, outputs.
+
+Outputs of a stage named `name` (head, finetuned, retrained): models/<name>.pt (best by validation),
+models/<name>_last.pt, metrics/<name>.json, plots/<name>.csv and plots/<name>.png."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import checkpoint, models, tracking
+from ..atomic import write_json
+from ..config.phases import Phase
+from ..data import transforms
+from ..data.splitdir import Data, SplitDir
+from ..evaluation import plots
+from ..evaluation.calibration import fit_temperature
+from ..inference import Preproc, predict_logits
+from ..runtime import resolve_device, set_seed
+from .loop import FitResult, better, fit
+from .resume import Resume
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where a training stage writes (the stage's name is the stem of every file)."""
+
+    name: str
+    models: Path = Path("models")
+    metrics: Path = Path("metrics")
+    plots: Path = Path("plots")
+    resume: Path = Path("models/.resume")
+
+    def checkpoint(self, last: bool = False) -> Path:
+        return self.models / f"{self.name}{'_last' if last else ''}.pt"
+
+
+def preproc(model: dict[str, Any], device: str) -> Preproc:
+    """Training-time preprocessing from the `model` params section."""
+    spec = models.spec(model["backbone"])
+    return Preproc(spec.mean, spec.std, model["input_size"], resolve_device(device), model["channels_last"],
+                   model["inference_batch_size"])
+
+
+def meta_for(model: dict[str, Any], classes: list[str], pp: Preproc, extra: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoint metadata in primitive types: enough for predict to need nothing else."""
+    return {"backbone": model["backbone"], "classes": list(classes), "input_size": model["input_size"],
+            "mean": list(pp.mean), "std": list(pp.std), **extra}
+
+
+def _epoch_hook(name: str, offset: int, tracker: tracking.Tracker,
+                history: list[dict[str, Any]]) -> Callable[[dict[str, float]], None]:
+    """Per-epoch record of phase `name`: numbered across phases, logged, kept, printed."""
+    def hook(rec: dict[str, float]) -> None:
+        rec = {**rec, "epoch": rec["epoch"] + offset}
+        tracker.epoch(rec)
+        history.append({**rec, "phase": name})
+        print(f"[{name}] epoch {int(rec['epoch'])}: train_loss {rec['train_loss']:.4f} "
+              f"train_acc {rec['train_acc']:.4f} val_loss {rec['val_loss']:.4f} val_acc {rec['val_acc']:.4f}",
+              flush=True)
+    return hook
+
+
+def run_phases(net: models.Net, phases: list[tuple[str, Phase]], train: Data, valid: Data, pp: Preproc,
+               augment: dict[str, Any], tracker: tracking.Tracker,
+               resume: Callable[[str], Resume | None] = lambda name: None) -> tuple[FitResult, list[dict[str, Any]]]:
+    """Run phases in order (each starts from the previous one's best); history numbered across phases.
+    `resume(phase name)` says where that phase keeps its resume file (None: no resuming)."""
+    history: list[dict[str, Any]] = []
+    best = FitResult()
+    offset = 0
+    for name, phase in phases:
+        t0 = time.perf_counter()
+        res = fit(net, train, valid, phase, pp, augment, _epoch_hook(name, offset, tracker, history), resume(name))
+        tracker.metrics({f"{name}_seconds": time.perf_counter() - t0})
+        best_epoch = res.best_epoch + offset if res.best_epoch else best.best_epoch
+        if not best.best_state or better(res.best_val_acc, res.best_val_loss, best):
+            best = FitResult(best_epoch=best_epoch, best_val_acc=res.best_val_acc,
+                             best_val_loss=res.best_val_loss, best_state=res.best_state)
+        best.last_state = res.last_state
+        net.load_state_dict(res.best_state)
+        offset += phase.epochs
+    return best, history
+
+
+def temperature(net: models.Net, valid: Data, pp: Preproc) -> float:
+    """Temperature scaling fitted on the validation split."""
+    return fit_temperature(predict_logits(net, valid.images, pp), valid.targets)
+
+
+def summary(res: FitResult, history: list[dict[str, Any]], t_best: float) -> dict[str, Any]:
+    """metrics/<name>.json: which epoch was kept, its validation scores, the last epoch's, the temperature."""
+    last = history[-1] if history else None
+    return {"best_epoch": res.best_epoch, "best_val_acc": round(res.best_val_acc, 6),
+            "best_val_loss": round(res.best_val_loss, 6), "epochs": len(history),
+            "last_val_acc": round(last["val_acc"], 6) if last else None,
+            "last_val_loss": round(last["val_loss"], 6) if last else None,
+            "temperature": round(t_best, 6)}
+
+
+def save_training(out: Outputs, net: models.Net, meta: dict[str, Any], res: FitResult,
+                  history: list[dict[str, Any]], valid: Data, pp: Preproc, tracker: tracking.Tracker) -> None:
+    """Best and last checkpoints (with their fitted temperature), metrics JSON, curves; all logged to MLflow."""
+    net.load_state_dict(res.last_state)
+    checkpoint.save(out.checkpoint(last=True), net,
+                    {**meta, "epoch": len(history), "temperature": temperature(net, valid, pp)})
+    net.load_state_dict(res.best_state)
+    t_best = temperature(net, valid, pp)
+    checkpoint.save(out.checkpoint(), net, {**meta, "epoch": res.best_epoch, "temperature": t_best})
+    values = summary(res, history, t_best)
+    metrics_path, curves_csv, curves_png = out.metrics / f"{out.name}.json", out.plots / f"{out.name}.csv", \
+        out.plots / f"{out.name}.png"
+    write_json(metrics_path, values)
+    plots.write_history_csv(curves_csv, history)
+    plots.curves_png(curves_png, history, f"{out.name}: loss and accuracy per epoch", res.best_epoch)
+    tracker.metrics(values)
+    for path in (metrics_path, curves_csv, curves_png):
+        tracker.artifact(path)
+
+
+def train(stage: str, out: Outputs, params: dict[str, Any], split: SplitDir, phases: list[tuple[str, Phase]],
+          init: Callable[[list[str]], models.Net]) -> FitResult:
+    """A whole training stage: seed, data, one MLflow run, the phases in order, and the stage's outputs."""
+    set_seed(params["seed"], params["device"])
+    classes = split.classes()
+    pp = preproc(params["model"], params["device"])
+    augment = params["augment"]
+    if augment["engine"] == "v2":
+        transforms.build_v2(augment["v2"])  # a bad op fails here, before any work
+    every = params["train"]["checkpoint_every"]
+    resume = (lambda phase: Resume(out.resume / f"{out.name}-{phase}.pt", every)) if params["train"]["resume"] \
+        else (lambda phase: None)
+    with tracking.stage_run(stage, params, params["tracking"]["experiment"]) as tracker:
+        net = init(classes)
+        net.dropout.p = float(params["model"]["head_dropout"])
+        train_data, valid = split.data("train", classes, pp.size), split.data("valid", classes, pp.size)
+        res, history = run_phases(net, phases, train_data, valid, pp, augment, tracker, resume)
+        meta = meta_for(params["model"], classes, pp, {"stage": stage})
+        save_training(out, net, meta, res, history, valid, pp, tracker)
+    for f in out.resume.glob(f"{out.name}-*.pt"):  # outputs are complete: progress files are no longer needed
+        f.unlink()
+    print(f"{stage}: best epoch {res.best_epoch}, val_acc {res.best_val_acc:.4f} -> {out.checkpoint()}, "
+          f"{out.metrics / out.name}.json, {out.plots / out.name}.png")
+    return res
+
+
+def extend_head(init: Path, backbone: str, classes: list[str]) -> models.Net:
+    """The checkpoint at `init` with a head for `classes` (its known rows copied; the rest new)."""
+    net, meta = checkpoint.restore(init, backbone)
+    models.replace_head(net, len(classes), keep_rows=len(meta["classes"]))
+    return net
