@@ -72,7 +72,7 @@ def main() -> None:
         print(f"| {name} | {wall:.1f} | {rss:.2f} |")
     print(f"| **total without download** | **{total:.1f}** | |")
     for name in ("finetuned", "retrained"):
-        m = json.loads((repo / f"metrics/evaluate_{name}.json").read_text())
+        m = json.loads((repo / f"reports/{name}/metrics.json").read_text())
         print(f"test accuracy {name}: {m['accuracy']:.4f} (n={m['n_images']}), macro-F1 {m['macro_f1']:.4f}")
 
 

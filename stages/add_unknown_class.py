@@ -9,7 +9,7 @@ from pathlib import Path
 
 import _path  # noqa: F401
 
-from tlpipe.config import params
+from tlpipe.config.params import load as load_params
 from tlpipe.data.splitdir import add_unknown
 from tlpipe.stage import entry
 
@@ -20,7 +20,7 @@ def main() -> None:
     ap.add_argument("--split", type=Path, default=Path("data/split"))
     ap.add_argument("--out", type=Path, default=Path("data/split_unknown"))
     args = ap.parse_args()
-    done = add_unknown(args.index, args.split, args.out, params.load())
+    done = add_unknown(args.index, args.split, args.out, load_params())
     print(f"add_unknown_class: unknown images per split {done['unknown_images']} (seen classes {done['seen']}, "
           f"held-out {done['held']}) -> {args.out}/")
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import _path  # noqa: F401
 
-from tlpipe.config import params
+from tlpipe.config.params import load as load_params
 from tlpipe.data import cache
 from tlpipe.stage import entry
 
@@ -16,7 +16,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--raw", type=Path, default=Path("data/raw"))
     args = ap.parse_args()
-    size = params.load()["model"]["input_size"]
+    size = load_params()["model"]["input_size"]
     counts = cache.build(args.split, args.raw, args.out, size)
     print(f"decode: {counts} images of {args.split} at {size}px -> {args.out}/")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import _path  # noqa: F401
 
 from tlpipe.atomic import write_json
-from tlpipe.config import params
+from tlpipe.config.params import load as load_params
 from tlpipe.data import rawdir
 from tlpipe.stage import entry
 
@@ -19,7 +19,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("data/raw"))
     ap.add_argument("--metrics", type=Path, default=Path("metrics/data.json"))
     args = ap.parse_args()
-    counts = rawdir.build(args.out, params.load()["data"])
+    counts = rawdir.build(args.out, load_params()["data"])
     write_json(args.metrics, counts)
     skipped = f", {counts['bad_images']} bad image(s) skipped (listed in {args.out}/bad_images.csv)" \
         if counts["bad_images"] else ""

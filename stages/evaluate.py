@@ -6,7 +6,7 @@ from pathlib import Path
 
 import _path  # noqa: F401
 
-from tlpipe.config import params
+from tlpipe.config.params import load as load_params
 from tlpipe.data.splitdir import SplitDir
 from tlpipe.evaluation.stage import Outputs, evaluate
 from tlpipe.stage import entry
@@ -20,7 +20,7 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("data/cache/split_unknown"))
     ap.add_argument("--raw", type=Path, default=Path("data/raw"))
     args = ap.parse_args()
-    evaluate(args.model, SplitDir(args.split, args.raw, args.cache), Outputs(args.name), params.load())
+    evaluate(args.model, SplitDir(args.split, args.raw, args.cache), Outputs(args.name), load_params())
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from pathlib import Path
 import _path  # noqa: F401
 
 from tlpipe import checkpoint
-from tlpipe.config import params
+from tlpipe.config.params import load as load_params
 from tlpipe.config.phases import Phase
 from tlpipe.data.splitdir import SplitDir
 from tlpipe.stage import entry
@@ -21,10 +21,10 @@ def main() -> None:
     ap.add_argument("--init", type=Path, default=Path("models/head.pt"))
     ap.add_argument("--name", default="finetuned", help="stem of models/<name>.pt, metrics/<name>.json, plots/<name>.*")
     args = ap.parse_args()
-    p = params.load()
-    train("finetune", Outputs(args.name), p, SplitDir(args.split, args.raw, args.cache),
-          [("finetune", Phase.from_params(p["finetune"]))],
-          lambda classes: checkpoint.restore(args.init, p["model"]["backbone"])[0])
+    params = load_params()
+    train("finetune", Outputs(args.name), params, SplitDir(args.split, args.raw, args.cache),
+          [("finetune", Phase.from_params(params, "finetune"))],
+          lambda classes: checkpoint.restore(args.init, params["model"]["backbone"])[0])
 
 
 if __name__ == "__main__":

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import _path  # noqa: F401
 
-from tlpipe.config import params
+from tlpipe.config.params import load as load_params
 from tlpipe.config.phases import Phase
 from tlpipe.data.splitdir import SplitDir
 from tlpipe.stage import entry
+from tlpipe.training.parallel import is_main
 from tlpipe.training.stage import Outputs, extend_head, train
 
 
@@ -21,15 +22,15 @@ def main() -> None:
     ap.add_argument("--init", type=Path, default=Path("models/finetuned.pt"))
     ap.add_argument("--name", default="retrained", help="stem of models/<name>.pt, metrics/<name>.json, plots/<name>.*")
     args = ap.parse_args()
-    p = params.load()
-    split, retrain = SplitDir(args.split, args.raw, args.cache), p["retrain"]
-    train("retrain", Outputs(args.name), p, split,
-          [("head", Phase.from_params(retrain["head"])), ("finetune", Phase.from_params(retrain["finetune"]))],
-          lambda classes: extend_head(args.init, p["model"]["backbone"], classes))
-    if p["registry"]["register"]:
+    params = load_params()
+    split = SplitDir(args.split, args.raw, args.cache)
+    train("retrain", Outputs(args.name), params, split,
+          [(name, Phase.from_params(params, f"retrain.{name}")) for name in ("head", "finetune")],
+          lambda classes: extend_head(args.init, params["model"]["backbone"], classes))
+    if params["registry"]["register"] and is_main():  # under torchrun: rank 0 only
         from tlpipe.serving import registry  # mlflow's model code loads only when a model is registered
 
-        name, version = registry.register_stage_model(Outputs(args.name).checkpoint(), split, p)
+        name, version = registry.register_stage_model(Outputs(args.name).checkpoint(), split, params)
         print(f"retrain: registered models:/{name}/{version}")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import _path  # noqa: F401
 
-from tlpipe.config import params
+from tlpipe.config.params import load as load_params
 from tlpipe.data.splitdir import make_split
 from tlpipe.stage import entry
 
@@ -18,7 +18,7 @@ def main() -> None:
     ap.add_argument("--index", type=Path, default=Path("data/raw/index.csv"))
     ap.add_argument("--out", type=Path, default=Path("data/split"))
     args = ap.parse_args()
-    report = make_split(args.index, args.out, params.load())
+    report = make_split(args.index, args.out, load_params())
     print(f"split: {report['images']} images, {report['groups']} groups, leak-free -> {args.out}/")
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import _path  # noqa: F401
 
 from tlpipe import models
-from tlpipe.config import params
+from tlpipe.config.params import load as load_params
 from tlpipe.config.phases import Phase
 from tlpipe.data.splitdir import SplitDir
 from tlpipe.stage import entry
@@ -20,10 +20,10 @@ def main() -> None:
     ap.add_argument("--raw", type=Path, default=Path("data/raw"))
     ap.add_argument("--name", default="head", help="stem of models/<name>.pt, metrics/<name>.json, plots/<name>.*")
     args = ap.parse_args()
-    p = params.load()
-    model = p["model"]
-    train("train_head", Outputs(args.name), p, SplitDir(args.split, args.raw, args.cache),
-          [("head", Phase.from_params(p["train_head"]))],
+    params = load_params()
+    model = params["model"]
+    train("train_head", Outputs(args.name), params, SplitDir(args.split, args.raw, args.cache),
+          [("head", Phase.from_params(params, "train_head"))],
           lambda classes: models.build(model["backbone"], len(classes), model["weights"] == "imagenet"))
 
 

@@ -181,3 +181,44 @@ def run_stage(repo: Path, name: str, *args: str) -> subprocess.CompletedProcess:
     env["PYTHONUNBUFFERED"] = "1"
     return subprocess.run([sys.executable, f"stages/{name}.py", *args], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=600)
+
+
+GT_HEADER = "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"
+GT_FIELDS = GT_HEADER.split(";")
+
+
+def gtsrb_test_records(train_zip: Path, classes: tuple[str, ...], per_class: int) -> list[dict]:
+    """The first `per_class` images of each class of a GTSRB training zip, renumbered NNNNN.ppm in order:
+    GT csv fields (Filename, Width, ..., ClassId as strings) plus `data` (the image bytes) and `source`."""
+    out: list[dict] = []
+    with zipfile.ZipFile(train_zip) as zf:
+        for cls in classes:
+            folder = f"GTSRB/Final_Training/Images/{int(cls):05d}/"
+            lines = zf.read(f"{folder}GT-{int(cls):05d}.csv").decode("utf-8-sig").splitlines()[1 : per_class + 1]
+            for line in lines:
+                rec = dict(zip(GT_FIELDS, line.split(";")))
+                rec.update(source=folder + rec["Filename"], data=zf.read(folder + rec["Filename"]),
+                           Filename=f"{len(out):05d}.ppm")
+                out.append(rec)
+    return out
+
+
+def _gt_text(records: list[dict], fields: list[str]) -> str:
+    return "\r\n".join([";".join(fields), *(";".join(r[f] for f in fields) for r in records)]) + "\r\n"
+
+
+def gtsrb_test_zips(dest: Path, records: list[dict], skip_images: tuple[str, ...] = (),
+                    labels_name: str = "GT-final_test.csv") -> tuple[Path, Path]:
+    """The official test-set pair in `dest`: GTSRB_Final_Test_Images.zip (GTSRB/Final_Test/Images/NNNNN.ppm and
+    GT-final_test.test.csv, no ClassId; `skip_images` left out) and GTSRB_Final_Test_GT.zip (`labels_name`)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    images, labels = dest / "GTSRB_Final_Test_Images.zip", dest / "GTSRB_Final_Test_GT.zip"
+    folder = "GTSRB/Final_Test/Images/"
+    with zipfile.ZipFile(images, "w") as zf:
+        for r in records:
+            if r["Filename"] not in skip_images:
+                zf.writestr(folder + r["Filename"], r["data"])
+        zf.writestr(folder + "GT-final_test.test.csv", _gt_text(records, GT_FIELDS[:-1]))
+    with zipfile.ZipFile(labels, "w") as zf:
+        zf.writestr(labels_name, _gt_text(records, GT_FIELDS))
+    return images, labels

@@ -91,3 +91,32 @@ def expand(deps: list[str]) -> set[Path]:
         elif p.suffix == ".py" and p.is_relative_to(SRC):
             out.add(p)
     return out
+
+
+def fix_dvc_yaml(path: Path = REPO / "dvc.yaml") -> None:
+    """Rewrite each stage's src/tlpipe deps in dvc.yaml to its import closure (keeps every other line)."""
+    import re
+
+    text = path.read_text()
+    out, stage = [], None
+    lines = text.splitlines(keepends=True)
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        m = re.match(r"^( +)- (stages/\w+\.py)\n$", line)
+        if m and not m.group(2).endswith("_path.py"):
+            indent, script = m.group(1), REPO / m.group(2)
+            out.append(line)
+            i += 1
+            while i < len(lines) and re.match(rf"^{indent}- (src/tlpipe\S*|stages/_path\.py)\n$", lines[i]):
+                i += 1
+            out.append(f"{indent}- stages/_path.py\n")
+            out.extend(f"{indent}- {d}\n" for d in compact(closure(script)))
+            continue
+        out.append(line)
+        i += 1
+    path.write_text("".join(out))
+
+
+if __name__ == "__main__":
+    fix_dvc_yaml()

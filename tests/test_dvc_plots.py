@@ -15,6 +15,7 @@ import yaml
 
 from _support import REPO
 from tlpipe.evaluation import metrics, plots
+from tlpipe.evaluation.robustness_stage import write_csv as write_robustness_csv
 
 DVC = [sys.executable, "-m", "dvc"]
 KNOWN = ["zero", "one", "two"]
@@ -28,20 +29,22 @@ def _top_level_plots() -> dict[str, dict]:
 def _write_outputs(root: Path, seed: int) -> None:
     """The CSVs the training and evaluate stages write, for a fake run; `seed` varies the numbers."""
     g = torch.Generator().manual_seed(seed)
-    plots = root / "plots"
+    out = root / "plots"
     for stem, epochs in (("head", 5), ("finetuned", 3), ("retrained", 4)):
         hist = [{"epoch": e, "train_loss": 1.0 / e + seed / 100, "train_acc": 1 - 0.2 / e, "val_loss": 1.1 / e,
                  "val_acc": 1 - 0.25 / e, "lr": 0.001} for e in range(1, epochs + 1)]
-        plots.write_history_csv(plots / f"{stem}.csv", hist)
+        plots.write_history_csv(out / f"{stem}.csv", hist)
     for name, classes in (("finetuned", KNOWN), ("retrained", KNOWN + ["unknown"])):
         target = torch.arange(len(classes)).repeat(10)
         logits = torch.nn.functional.one_hot(target, len(classes)).float() * 2 + torch.randn(len(target), len(classes),
                                                                                              generator=g)
-        plots.write_confusion_csv(plots / f"confusion_{name}.csv", target, logits, classes)
+        plots.write_confusion_csv(out / f"confusion_{name}.csv", target, logits, classes)
         per_class = metrics.compute(target, logits, classes)["per_class"]
-        plots.write_per_class_csv(plots / f"per_class_{name}.csv", per_class)
+        plots.write_per_class_csv(out / f"per_class_{name}.csv", per_class)
         is_known = (torch.arange(40) % 4 != 0).numpy()
-        plots.write_roc_csv(plots / f"roc_{name}.csv", is_known, torch.randn(40, generator=g).numpy() + is_known)
+        plots.write_roc_csv(out / f"roc_{name}.csv", is_known, torch.randn(40, generator=g).numpy() + is_known)
+        write_robustness_csv(out / f"robustness_{name}.csv", {"corruptions": {
+            c: {"1": 0.9, "2": 0.8, "3": 0.7 - seed / 100, "mean": 0.8} for c in ("noise", "jpeg")}})
 
 
 def _dvc(root: Path, *args: str) -> dict:

@@ -91,12 +91,23 @@ def declared_outputs(repo: Path) -> list[Path]:
 
 
 def check_mlflow(repo: Path, epochs: dict[str, int]) -> None:
-    """A FINISHED run per training/eval stage, with params, and per-epoch val_acc for training stages."""
+    """A FINISHED run per training/eval stage, with params, and per-epoch val_acc for training stages, all
+    nested under one parent run "workspace" that has the params and both models' test metrics."""
     db = sqlite3.connect(repo / "mlflow.db")
-    runs = {}
+    runs, parents = {}, {}
     for run_uuid, status, name in db.execute("select run_uuid, status, name from runs"):
-        stage = db.execute("select value from tags where run_uuid=? and key='stage'", (run_uuid,)).fetchone()[0]
-        runs[stage] = (run_uuid, status, name)
+        stage = db.execute("select value from tags where run_uuid=? and key='stage'", (run_uuid,)).fetchone()
+        if stage is None:
+            parents[run_uuid] = (status, name)
+        else:
+            runs[stage[0]] = (run_uuid, status, name)
+    assert list(parents.values()) == [("FINISHED", "workspace")], parents
+    [parent] = parents
+    nested = {u for (u,) in db.execute("select run_uuid from tags where key='mlflow.parentRunId' and value=?", (parent,))}
+    assert {u for u, _, _ in runs.values()} <= nested, (runs, nested)
+    headline = {k for (k,) in db.execute("select key from latest_metrics where run_uuid=?", (parent,))}
+    assert {"finetuned.test_accuracy", "retrained.test_macro_f1", "retrained.test_auroc", "head.best_val_acc"} <= headline
+    assert db.execute("select count(*) from params where run_uuid=?", (parent,)).fetchone()[0] >= 5
     for stage in TRAINING_STAGES + EVAL_STAGES:
         assert stage in runs, f"no MLflow run for {stage}: {runs}"
         run_uuid, status, name = runs[stage]
@@ -129,7 +140,8 @@ def test_default_dataset_slice(tmp_path: Path) -> None:
     check_mlflow(repo, {"train_head": 20, "finetune": 2, "retrain": 21})
 
     again = dvc("repro", cwd=repo)
-    assert "Running stage" not in again, again
+    assert re.findall(r"Running stage '([^']+)'", again) == ["summary"], again  # always runs (README "MLflow")
+    check_mlflow(repo, {"train_head": 20, "finetune": 2, "retrain": 21})  # the same parent run, no second one
 
     # exact reruns: the same params give byte-identical metrics files
     before = {p.name: p.read_bytes() for p in sorted((repo / "metrics").glob("*.json"))}
@@ -172,10 +184,10 @@ def test_gtsrb_tiny_over_loopback(tmp_path: Path) -> None:
     assert len(index) == 421 and (repo / "data/raw/GTSRB_tiny.zip").is_file()
     for path in declared_outputs(repo):
         assert path.exists(), path
-    m = json.loads((repo / "metrics/evaluate_finetuned.json").read_text())
+    m = json.loads((repo / "reports/finetuned/metrics.json").read_text())
     assert m["accuracy"] > 0.6, m
     assert set(m["per_class"]) == {"priority_road", "give_way", "stop", "no_entry"}
-    r = json.loads((repo / "metrics/evaluate_retrained.json").read_text())
+    r = json.loads((repo / "reports/retrained/metrics.json").read_text())
     assert "unknown" in r["per_class"] and r["accuracy"] > 0.5, r
     check_mlflow(repo, {"train_head": 20})
-    assert "Running stage" not in dvc("repro", cwd=repo)
+    assert re.findall(r"Running stage '([^']+)'", dvc("repro", cwd=repo)) == ["summary"]

@@ -138,3 +138,22 @@ def test_write_history_csv(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     assert float(rows[2]["lr"]) == 0.0005 and float(rows[1]["val_acc"]) == 0.75
+
+
+def test_headline_keeps_the_few_numbers_people_compare():
+    from tlpipe.evaluation.stage import headline
+
+    result = {"accuracy": 0.9, "macro_f1": 0.8, "loss": 0.3, "per_class": {"a": {}}, "n_images": 10,
+              "calibration": {"temperature": 1.2, "ece": 0.05, "ece_scaled": 0.04},
+              "intervals": {"accuracy": [0.85, 0.95], "recall": {"a": [0.1, 0.2]}},
+              "open_set": {"primary_score": "msp", "scores": {"msp": {"auroc": 0.7, "threshold": 0.5},
+                                                              "energy": {"auroc": 0.6}},
+                           "seen": {"unknown_recall": 0.5}, "unseen": {"unknown_recall": 0.25}},
+              "baseline": {"accuracy": 0.6, "accuracy_interval": [0.5, 0.7]}}
+    assert headline(result) == {"accuracy": 0.9, "accuracy_lo": 0.85, "accuracy_hi": 0.95, "macro_f1": 0.8,
+                                "loss": 0.3, "ece_scaled": 0.04, "auroc": 0.7, "unknown_recall_seen": 0.5,
+                                "unknown_recall_unseen": 0.25, "baseline_accuracy": 0.6}
+    bare = {k: v for k, v in result.items() if k not in ("intervals", "baseline")}
+    bare["open_set"] = {"primary_score": "msp", "scores": {"msp": {"auroc": None}}}
+    h = headline(bare)
+    assert h["accuracy_lo"] is None and h["baseline_accuracy"] is None and h["unknown_recall_unseen"] is None

@@ -66,7 +66,7 @@ def test_unknown_backbone_is_a_params_error_with_suggestion():
 
 def test_params_validation_does_not_import_torch():
     code = (f"import sys; sys.path.insert(0, {str(REPO / 'src')!r})\n"
-            "from tlpipe import params\n"
+            "from tlpipe.config import params\n"
             f"params.load({str(REPO / 'params.yaml')!r})\n"
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

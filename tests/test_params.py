@@ -34,11 +34,12 @@ def test_repo_params_yaml_loads_and_validates():
     params = P.load(REPO_PARAMS)
     assert params["model"]["backbone"]
     assert set(P.SCHEMA) == set(params)
-    # every phase section is complete
+    # train holds every shared phase key; each phase section its own keys (and only what differs)
+    assert set(P.SHARED) <= set(params["train"])
     for section in (params["train_head"], params["retrain"]["head"]):
-        assert set(section) == set(P.HEAD_PHASE)
+        assert {k for k, f in P.HEAD_PHASE.items() if f.required} <= set(section) <= set(P.HEAD_PHASE)
     for section in (params["finetune"], params["retrain"]["finetune"]):
-        assert set(section) == set(P.TUNE_PHASE)
+        assert {k for k, f in P.TUNE_PHASE.items() if f.required} <= set(section) <= set(P.TUNE_PHASE)
 
 
 def test_validate_returns_the_mapping_unchanged(p):
@@ -50,7 +51,8 @@ def test_validate_returns_the_mapping_unchanged(p):
 @pytest.mark.parametrize(
     "section, bad, good",
     [
-        ("finetune", "lrr", "lr"),
+        ("train", "lrr", "lr"),
+        ("finetune", "lr_scal", "lr_scale"),
         ("train_head", "epoch", "epochs"),
         ("model", "backbon", "backbone"),
         ("split", "tran", "train"),
@@ -158,7 +160,8 @@ def test_split_fractions_float_rounding_is_tolerated(p):
     P.validate(p)
 
 
-@pytest.mark.parametrize("path", [("model", "input_size"), ("seed",), ("retrain", "head", "lr"), ("tracking",)])
+@pytest.mark.parametrize("path", [("model", "input_size"), ("seed",), ("retrain", "head", "epochs"), ("train", "lr"),
+                                  ("tracking",)])
 def test_missing_key_named(p, path):
     node = p
     for k in path[:-1]:
@@ -244,9 +247,30 @@ def test_known_classes_string_other_than_all_is_refused(p):
 
 def test_flatten_dotted_keys_keeps_known_classes(p):
     flat = P.flatten(p)
-    assert flat["finetune.lr"] == p["finetune"]["lr"]
+    assert flat["train.lr"] == p["train"]["lr"]
     assert flat["retrain.head.epochs"] == p["retrain"]["head"]["epochs"]
     assert flat["seed"] == p["seed"]
     assert flat["data.known_classes"] == p["data"]["known_classes"]
     assert not any(k.startswith("data.known_classes.") for k in flat)
     assert all(not isinstance(v, dict) or k == "data.known_classes" for k, v in flat.items())
+
+
+def test_unknown_key_in_a_phase_section_suggests_a_shared_key(p):
+    p["retrain"]["head"]["weight_decai"] = 0.1
+    msg = _error(p)
+    assert "retrain.head.weight_decai" in msg and "did you mean 'weight_decay'" in msg
+
+
+def test_a_phase_override_of_a_shared_key_is_validated(p):
+    p["retrain"]["finetune"]["optimizer"] = "rmsprop"
+    assert "retrain.finetune.optimizer must be one of adam, adamw, sgd" in _error(p)
+    p["retrain"]["finetune"]["optimizer"] = "sgd"
+    P.validate(p)
+
+
+def test_phase_checks_see_the_resolved_phase(p):
+    p["train"]["warmup_epochs"] = 4  # set once in train: too many for retrain.finetune's 3 epochs
+    assert "retrain.finetune.warmup_epochs (4) must be below retrain.finetune.epochs (3)" in _error(p)
+    p["retrain"]["finetune"]["warmup_epochs"] = 0  # a phase override wins
+    p["finetune"]["warmup_epochs"] = 0
+    P.validate(p)

@@ -149,7 +149,7 @@ def test_cifar10_official_layout_over_loopback(tmp_path, hub_cache):
         commit(repo, "cifar")
         dvc("repro", cwd=repo)
     _outputs_exist(repo)
-    m = json.loads((repo / "metrics/evaluate_retrained.json").read_text())
+    m = json.loads((repo / "reports/retrained/metrics.json").read_text())
     assert set(m["per_class"]) == {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                                    "truck"}
     assert (repo / "data/split/test.csv").read_text().count("\n") - 1 == 20  # the official test batch

@@ -89,7 +89,17 @@ def test_two_queued_experiments_run_in_parallel(tmp_path: Path) -> None:
     # both in the repository's store (not the throwaway copies), under their own experiment names
     db = sqlite3.connect(repo / "mlflow.db")
     names = {n for (n,) in db.execute("select name from runs where status='FINISHED'")}
+    runs = db.execute("select run_uuid, name, status from runs").fetchall()
+    parent_of = dict(db.execute("select run_uuid, value from tags where key='mlflow.parentRunId'").fetchall())
+    metrics = {(u, k): v for u, k, v in db.execute("select run_uuid, key, value from latest_metrics")}
     db.close()
-    for name, _ in exps.values():
+    for name, m in exps.values():
         for stage in ("train_head", "finetune", "retrain", "evaluate_finetuned", "evaluate_retrained"):
             assert f"{name}-{stage}" in names, (name, stage, sorted(names))
+        # one parent run per experiment, made once although both experiments started together, every
+        # stage run under it, and it carries both models' test metrics
+        [parent] = [u for u, n, st in runs if n == name and u not in parent_of and st == "FINISHED"]
+        assert {n for u, n, _ in runs if parent_of.get(u) == parent} >= {f"{name}-{s}" for s in (
+            "train_head", "finetune", "retrain", "evaluate_finetuned", "evaluate_retrained")}
+        accuracy = m["metrics/evaluate_retrained.json"]["data"]["accuracy"]
+        assert metrics[(parent, "retrained.test_accuracy")] == pytest.approx(accuracy)

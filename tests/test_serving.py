@@ -103,6 +103,48 @@ def test_pyfunc_refuses_bad_input(store) -> None:
         serving.output_columns(["a", "label"])
 
 
+def bomb_png() -> bytes:
+    """A tiny PNG of more pixels than data.images allows (a decompression bomb)."""
+    import io
+
+    buf = io.BytesIO()
+    Image.new("1", (8100, 8100)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def bad_rows(good: bytes) -> dict[str, tuple[list[str], str]]:
+    """Requests with one bad row among good ones: (image column, what the error must say)."""
+    ok = serving.encode(good)
+    return {"not base64": ([ok, "%%% not base64 %%%"], "serving: row 1: column 'image' is not base64"),
+            "cannot decode": ([ok, ok, "bm90IGFuIGltYWdl"], "serving: row 2: cannot decode"),
+            "too many pixels": ([serving.encode(bomb_png()), ok], "serving: row 0: too many pixels")}
+
+
+def test_pyfunc_bad_rows_are_clear_invalid_parameter_errors(store) -> None:
+    from mlflow.exceptions import MlflowException
+
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}/{store['version']}")
+    for what, (column, message) in bad_rows(store["files"][0].read_bytes()).items():
+        with pytest.raises(MlflowException) as info:
+            model.predict(pd.DataFrame({"image": column}))
+        assert info.value.error_code == "INVALID_PARAMETER_VALUE" and info.value.get_http_status_code() == 400, what
+        assert message in info.value.message and "BytesIO" not in info.value.message, (what, info.value.message)
+        assert "Traceback" not in info.value.serialize_as_json()
+    check_answer(model.predict(frame(store["files"][:2])), store["files"][:2], store["ckpt"])  # still answers
+
+
+def test_onnx_backend_logs_and_runs_the_onnx_export(store) -> None:
+    with mlflow.start_run(run_id=store["run_id"]):
+        info = registry.log_model(store["ckpt"], store["files"][0].read_bytes(), None, backend="onnx")
+    local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(store["root"] / "dl_onnx")))
+    assert any(local.rglob("*.onnx")) and not any(local.rglob("*.pt"))  # the ONNX file is the artifact
+    assert any(r.startswith("onnxruntime==") for r in (local / "requirements.txt").read_text().split())
+    model = mlflow.pyfunc.load_model(info.model_uri)
+    check_answer(model.predict(frame(store["files"])), store["files"], store["ckpt"], atol=1e-4)
+    with pytest.raises(Exception, match="row 1: cannot decode"):
+        model.predict(pd.DataFrame({"image": [serving.encode(store["files"][0].read_bytes()), "bm90IGFuIGltYWdl"]}))
+
+
 def test_concurrent_requests_share_passes_and_fail_alone(store) -> None:
     """Many threads at once (as the scoring server calls it): each gets its own images' answer,
     and a request with a broken image fails without failing the others batched with it."""
@@ -171,11 +213,15 @@ def test_mlflow_models_serve_answers_like_predict_command(store, tmp_path: Path)
             assert row["label"] == res["top"][0]["class"]
         check_answer(answer, files, store["ckpt"])
 
-        status, text = _post(f"{base}/invocations", {"dataframe_split": {
-            "columns": ["image"], "data": [[serving.encode(files[0].read_bytes())], ["bm90IGFuIGltYWdl"]]}})
-        assert status == 400 and "row 1" in text, (status, text)
-        status, _ = _post(f"{base}/invocations", {"dataframe_split": frame(files[:1]).to_dict(orient="split")})
-        assert status == 200  # still serving after a bad request
+        for what, (column, message) in bad_rows(files[0].read_bytes()).items():
+            status, text = _post(f"{base}/invocations", {"dataframe_split": {"columns": ["image"],
+                                                                             "data": [[c] for c in column]}})
+            assert status == 400, (what, status, text)
+            body = json.loads(text)
+            assert body["error_code"] == "INVALID_PARAMETER_VALUE" and message in body["message"], (what, body)
+            assert "Traceback" not in text and "stack_trace" not in body, (what, text)
+            status, _ = _post(f"{base}/invocations", {"dataframe_split": frame(files[:1]).to_dict(orient="split")})
+            assert status == 200, what  # still serving after a bad request
     finally:
         srv.stop(server)
         log.close()

@@ -1,9 +1,10 @@
-"""tracking.py: one MLflow run per stage with params, tags and per-epoch metrics; FAILED on error; an
-unusable tracking store is a PipelineError naming the URI."""
+"""tracking.py: one MLflow run per stage with params, tags and per-epoch metrics, nested under one parent run
+per pipeline run; FAILED on error; an unusable tracking store is a PipelineError naming the URI."""
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import sqlite3
 import shutil
@@ -57,13 +58,21 @@ def store(tmp_path, template_db, monkeypatch) -> str:
         mlflow.end_run()
 
 
-def _only_run(uri: str, experiment: str):
+def _runs(uri: str, experiment: str):
+    """(client, stage runs, parent runs) of the experiment."""
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     assert exp is not None
     runs = client.search_runs([exp.experiment_id])
-    assert len(runs) == 1
-    return client, runs[0]
+    return client, [r for r in runs if "stage" in r.data.tags], [r for r in runs if "stage" not in r.data.tags]
+
+
+def _only_run(uri: str, experiment: str):
+    """The one stage run, checked to be nested under the one parent run."""
+    client, stages, parents = _runs(uri, experiment)
+    assert len(stages) == 1 and len(parents) == 1, (stages, parents)
+    assert stages[0].data.tags[tracking.PARENT_TAG] == parents[0].info.run_id
+    return client, stages[0]
 
 
 def test_finished_run_records_params_tags_and_epochs(store, tmp_path):
@@ -77,7 +86,7 @@ def test_finished_run_records_params_tags_and_epochs(store, tmp_path):
     assert run.info.run_name == "workspace-train_head"
     p = run.data.params
     assert p["seed"] == str(PARAMS["seed"])
-    assert p["finetune.lr"] == str(PARAMS["finetune"]["lr"])
+    assert p["finetune.epochs"] == str(PARAMS["finetune"]["epochs"])
     assert p["retrain.head.epochs"] == str(PARAMS["retrain"]["head"]["epochs"])
     assert "data.known_classes" in p
     assert run.data.tags["stage"] == "train_head"
@@ -118,11 +127,11 @@ def test_two_runs_same_experiment_and_exp_name(store, monkeypatch):
     for stage in ("train_head", "finetune"):
         with tracking.stage_run(stage, PARAMS, "unit-two", root=REPO):
             pass
-    client = MlflowClient(tracking_uri=store)
-    exp = client.get_experiment_by_name("unit-two")
-    runs = client.search_runs([exp.experiment_id])
+    _, runs, parents = _runs(store, "unit-two")
     assert sorted(r.info.run_name for r in runs) == ["exp-lr01-finetune", "exp-lr01-train_head"]
     assert all(r.info.status == "FINISHED" and r.data.tags["dvc_exp_name"] == "exp-lr01" for r in runs)
+    assert [p.info.run_name for p in parents] == ["exp-lr01"]  # one parent run, both stages under it
+    assert {r.data.tags[tracking.PARENT_TAG] for r in runs} == {parents[0].info.run_id}
 
 
 def test_long_param_values_are_truncated_not_rejected(store):
@@ -172,7 +181,7 @@ def test_default_store_is_sqlite_in_root_with_local_artifacts(tmp_path, template
         pass
     client = MlflowClient(tracking_uri=tracking.tracking_uri(root))
     exp = client.get_experiment_by_name("unit-default")
-    run = client.search_runs([exp.experiment_id])[0]
+    run = _only_run(tracking.tracking_uri(root), "unit-default")[1]
     assert run.info.status == "FINISHED"
     assert run.data.tags["git_commit"] == ""  # not a git repository
     # without MLFLOW_TRACKING_URI the experiment's artifacts belong in <root>/mlartifacts, not <cwd>/mlruns
@@ -256,8 +265,10 @@ def test_two_stages_starting_together_on_a_fresh_store(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], outs
     db = sqlite3.connect(tmp_path / "fresh.db")
     names = sorted(n for (n,) in db.execute("select name from runs where status='FINISHED'"))
+    parents = {v for (v,) in db.execute("select value from tags where key='mlflow.parentRunId'")}
     db.close()
-    assert names == ["workspace-stage0", "workspace-stage1"]
+    assert names == ["workspace", "workspace-stage0", "workspace-stage1"]  # one parent run, made under the lock
+    assert len(parents) == 1
 
 
 def _hold_store_lock(uri: str):
@@ -329,3 +340,142 @@ def test_runs_of_killed_stages_are_marked_killed_by_the_next_stage(store):
     finally:
         live.kill()
     assert status == {"dead": "KILLED", "live": "RUNNING", "elsewhere": "RUNNING", "untagged": "RUNNING"}
+
+
+def _parents(uri: str, experiment: str):
+    return _runs(uri, experiment)[2]
+
+
+def test_one_parent_per_pipeline_run_with_params_found_not_duplicated(store, monkeypatch):
+    """Stages of one pipeline run (same DVC experiment, commit and params) nest under one parent run that
+    carries every param; other params or another experiment name make another parent."""
+    for stage in ("train_head", "finetune", "evaluate_finetuned"):
+        with tracking.stage_run(stage, PARAMS, "unit-nest", root=REPO):
+            pass
+    client, stages, parents = _runs(store, "unit-nest")
+    assert len(stages) == 3 and len(parents) == 1
+    parent = parents[0]
+    assert parent.info.run_name == "workspace" and parent.info.status == "FINISHED"
+    assert {r.data.tags[tracking.PARENT_TAG] for r in stages} == {parent.info.run_id}
+    assert parent.data.params["finetune.epochs"] == str(PARAMS["finetune"]["epochs"])
+    assert parent.data.tags[tracking.PIPELINE_TAG] == tracking.pipeline_key(PARAMS, tracking.git_commit(REPO))
+    assert parent.data.tags[tracking.PIPELINE_TAG].startswith("workspace@")
+
+    changed = copy.deepcopy(PARAMS)
+    changed["finetune"]["epochs"] = PARAMS["finetune"]["epochs"] + 1
+    with tracking.stage_run("finetune", changed, "unit-nest", root=REPO):
+        pass
+    renamed = copy.deepcopy(PARAMS)
+    renamed["tracking"]["connect_timeout"] += 1  # not a DVC dependency: the same pipeline run
+    with tracking.stage_run("evaluate_retrained", renamed, "unit-nest", root=REPO):
+        pass
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-a")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0" * 40)
+    with tracking.stage_run("train_head", PARAMS, "unit-nest", root=REPO):
+        pass
+    _, stages, parents = _runs(store, "unit-nest")
+    by_name = sorted((p.info.run_name, p.data.params["finetune.epochs"]) for p in parents)
+    assert by_name == sorted([("workspace", str(PARAMS["finetune"]["epochs"])),
+                              ("workspace", str(changed["finetune"]["epochs"])), ("exp-a", str(PARAMS["finetune"]["epochs"]))])
+    assert sum(r.data.tags[tracking.PARENT_TAG] == parent.info.run_id for r in stages) == 4
+    exp_a = next(p for p in parents if p.info.run_name == "exp-a")
+    assert exp_a.data.tags[tracking.PIPELINE_TAG].startswith(f"exp-a@{'0' * 40}:")
+
+
+def test_failed_stage_fails_the_parent_until_a_stage_finishes(store):
+    with pytest.raises(PipelineError):
+        with tracking.stage_run("finetune", PARAMS, "unit-pfail", root=REPO):
+            raise PipelineError("broke")
+    assert [p.info.status for p in _parents(store, "unit-pfail")] == ["FAILED"]
+    with tracking.stage_run("finetune", PARAMS, "unit-pfail", root=REPO):
+        assert [p.info.status for p in _parents(store, "unit-pfail")] == ["RUNNING"]
+    assert [p.info.status for p in _parents(store, "unit-pfail")] == ["FINISHED"]
+
+
+_KILLED = r"""
+import sys, time, yaml
+sys.path.insert(0, sys.argv[1])
+from tlpipe import tracking
+params = yaml.safe_load(open(sys.argv[2]))
+with tracking.stage_run("finetune", params, "unit-kill", root=sys.argv[3]):
+    print("started", flush=True)
+    time.sleep(300)
+"""
+
+
+def test_rerun_after_a_kill_lands_under_the_same_parent(store):
+    """SIGKILL mid-stage: the rerun marks the dead run and its parent KILLED, then runs under that same
+    parent, which ends FINISHED."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED, str(REPO / "src"), str(REPO / "params.yaml"), str(REPO)],
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": store})
+    try:
+        assert proc.stdout.readline().strip() == "started"
+    finally:
+        proc.kill()
+        proc.wait()
+    [parent] = _parents(store, "unit-kill")
+    assert parent.info.status == "RUNNING"
+    with tracking.stage_run("finetune", yaml.safe_load((REPO / "params.yaml").read_text()), "unit-kill", root=REPO):
+        assert _parents(store, "unit-kill")[0].info.status == "RUNNING"
+    _, stages, parents = _runs(store, "unit-kill")
+    assert [p.info.run_id for p in parents] == [parent.info.run_id] and parents[0].info.status == "FINISHED"
+    assert sorted(r.info.status for r in stages) == ["FINISHED", "KILLED"]
+    assert {r.data.tags[tracking.PARENT_TAG] for r in stages} == {parent.info.run_id}
+
+
+def test_experiment_opens_as_machine_learning_with_the_headline_view(store):
+    with tracking.stage_run("split", PARAMS, "unit-ui", root=REPO):
+        pass
+    client = MlflowClient(tracking_uri=store)
+    exp = client.get_experiment_by_name("unit-ui")
+    assert exp.tags[tracking.KIND_TAG] == "custom_model_development"
+    import json
+
+    view = json.loads(exp.tags[tracking.VIEW_TAG])
+    assert view["selectedColumns"] == [f"metrics.`{c}`" for c in tracking.PIPELINE_COLUMNS]
+    client.set_experiment_tag(exp.experiment_id, tracking.KIND_TAG, "genai_development")  # a user's choice stays
+    with tracking.stage_run("split", PARAMS, "unit-ui", root=REPO):
+        pass
+    assert client.get_experiment_by_name("unit-ui").tags[tracking.KIND_TAG] == "genai_development"
+
+
+def test_summary_fills_the_parent_from_metrics_files_alone(store, tmp_path):
+    """A fresh clone's `dvc repro` runs no stage but summary: the parent run it makes gets every param,
+    the headline numbers of both models and the files; later stage runs of that pipeline run join it."""
+    from tlpipe import summary
+
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    files = {}
+    for name, m in {"head": {"best_val_acc": 0.91, "best_epoch": 3}, "finetuned": {"best_val_acc": 0.95},
+                    "retrained": {"best_val_acc": 0.93, "best_val_loss": 0.2}}.items():
+        files[name] = metrics / f"{name}.json"
+        files[name].write_text(json.dumps(m))
+    evals = {}
+    for name, acc in (("finetuned", 0.96), ("retrained", 0.94)):
+        evals[name] = metrics / f"evaluate_{name}.json"
+        evals[name].write_text(json.dumps({
+            "accuracy": acc, "macro_f1": acc - 0.01, "loss": 0.1, "calibration": {"ece": 0.03},
+            "open_set": {"primary_score": "msp", "scores": {"msp": {"auroc": acc - 0.1}, "energy": {"auroc": 0.5}},
+                         "unseen": {"unknown_recall": 0.3}}, "per_class": {"a": {"recall": 1.0}}}))
+    params = {**PARAMS, "tracking": {**PARAMS["tracking"], "experiment": "unit-summary"}}
+    values = summary.summarize(files, evals, params)
+    assert set(tracking.PIPELINE_COLUMNS) <= set(values)
+    client, stages, [parent] = _runs(store, "unit-summary")
+    assert not stages and parent.info.status == "FINISHED" and parent.info.run_name == "workspace"
+    m = parent.data.metrics
+    assert m["finetuned.test_accuracy"] == 0.96 and m["retrained.test_auroc"] == pytest.approx(0.84)
+    assert m["head.best_val_acc"] == 0.91 and m["retrained.test_unseen_unknown_recall"] == 0.3
+    assert m["finetuned.test_ece"] == 0.03 and not any("per_class" in k or ".a." in k for k in m)
+    assert parent.data.params["seed"] == str(PARAMS["seed"])
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "metrics")} == \
+        {f"metrics/{p.name}" for p in [*files.values(), *evals.values()]}
+    summary.summarize(files, evals, params)  # every repro: the same parent, no second one
+    with tracking.stage_run("evaluate_finetuned", params, "unit-summary", root=tmp_path):  # summary's root: cwd
+        pass
+    _, stages, parents = _runs(store, "unit-summary")
+    assert [p.info.run_id for p in parents] == [parent.info.run_id]
+    assert stages[0].data.tags[tracking.PARENT_TAG] == parent.info.run_id

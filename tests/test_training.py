@@ -261,8 +261,10 @@ def test_phase_from_params_reads_repo_sections():
     from tlpipe.config import params as P
 
     p = P.load(P.Path(__file__).resolve().parents[1] / "params.yaml")
-    head = Phase.from_params(p["train_head"])
-    tune = Phase.from_params(p["finetune"])
+    head = Phase.from_params(p, "train_head")
+    tune = Phase.from_params(p, "finetune")
     assert head.unfreeze_blocks == 0 and head.feature_views == p["train_head"]["feature_views"]
-    assert tune.unfreeze_blocks == p["finetune"]["unfreeze_blocks"] and tune.lr == p["finetune"]["lr"]
-    assert Phase.from_params(p["retrain"]["finetune"]).bn_train == p["retrain"]["finetune"]["bn_train"]
+    assert head.lr == p["train"]["lr"] and head.optimizer == p["train"]["optimizer"]
+    assert tune.unfreeze_blocks == p["finetune"]["unfreeze_blocks"]
+    assert tune.lr == pytest.approx(p["train"]["lr"] * p["finetune"]["lr_scale"])
+    assert Phase.from_params(p, "retrain.finetune").bn_train == p["retrain"]["finetune"]["bn_train"]

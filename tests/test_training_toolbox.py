@@ -4,7 +4,6 @@ augmentation engines, and resuming an interrupted phase bit-exactly."""
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import pytest
 import torch
@@ -200,7 +199,7 @@ def test_fit_with_v2_engine(data):
     train, valid = data
     pp = preproc("resnet18")
     v2 = {"engine": "v2", "v2": [{"RandomCrop": {"size": SIZE, "padding": 4}},
-                                                                      "RandomHorizontalFlip"]})
+                                                                      "RandomHorizontalFlip"]}
     res = fit(fresh_net(), train, valid, phase(epochs=1, unfreeze_blocks=1, prefix_views=0, lr=1e-3), pp, v2)
     assert len(res.history) == 1
 

@@ -26,12 +26,31 @@ class Preproc:
     device: torch.device
     channels_last: bool = False
     batch: int = 64  # images per forward pass without gradients
+    input_norm: str = "none"  # per-image photometric normalisation before mean/std (see `photometric`)
+
+
+INPUT_NORMS = ("none", "grayworld", "autolevel")
+
+
+def photometric(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """Per-image normalisation of float NCHW images in [0, 1], before the backbone's mean/std:
+    `grayworld` scales each channel to the image's grey mean (undoes a colour cast / white balance);
+    `autolevel` stretches each channel from its 1st to its 99th percentile to [0, 1] (undoes colour cast,
+    exposure and contrast, like an auto-levels tool). `none` leaves the image as it is."""
+    if mode == "grayworld":
+        means = x.mean((2, 3), keepdim=True).clamp_min(1e-3)
+        return (x * (means.mean(1, keepdim=True) / means)).clamp_(0.0, 1.0)
+    if mode == "autolevel":
+        flat = x.flatten(2)
+        lo, hi = torch.quantile(flat, torch.tensor([0.01, 0.99], device=x.device), dim=2, keepdim=True)
+        return ((flat - lo) / (hi - lo).clamp_min(1.0 / 255)).clamp_(0.0, 1.0).view_as(x)
+    return x
 
 
 def preproc_from_meta(meta: dict[str, Any], device: str, channels_last: bool, batch: int) -> Preproc:
     """Inference preprocessing exactly as the checkpoint was trained: input size, mean, std."""
     return Preproc(tuple(meta["mean"]), tuple(meta["std"]), int(meta["input_size"]), resolve_device(device),
-                   channels_last, batch)
+                   channels_last, batch, str(meta.get("input_norm", "none")))
 
 
 def to_channels_last(net: nn.Module) -> None:
@@ -40,39 +59,50 @@ def to_channels_last(net: nn.Module) -> None:
         net.to(memory_format=torch.channels_last)
 
 
-def prepare(x: torch.Tensor, pp: Preproc) -> torch.Tensor:
-    """Normalised network input on pp.device (uint8, or float in [0, 1] from an augmentation)."""
-    x = normalize(x.to(pp.device), pp.mean, pp.std)
-    return x.contiguous(memory_format=torch.channels_last) if pp.channels_last else x
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`x` on `device`: a CPU tensor bound for CUDA goes through pinned memory without blocking the host
+    (the transfer overlaps the queued kernels); on the CPU it is `x` itself, as `x.to(device)` gives."""
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
+def prepare(x: torch.Tensor, prep: Preproc) -> torch.Tensor:
+    """Normalised network input on prep.device (uint8, or float in [0, 1] from an augmentation)."""
+    x = x.to(prep.device)
+    if prep.input_norm != "none":
+        x = photometric(x.float().div_(255.0) if x.dtype == torch.uint8 else x, prep.input_norm)
+    x = normalize(x, prep.mean, prep.std)
+    return x.contiguous(memory_format=torch.channels_last) if prep.channels_last else x
 
 
 @torch.no_grad()
-def run_groups(net: models.Net, images: torch.Tensor, pp: Preproc, stop: int | None,
+def run_groups(net: models.Net, images: torch.Tensor, prep: Preproc, stop: int | None,
                tf: Callable[[torch.Tensor], torch.Tensor] | None = None, desc: str = "") -> torch.Tensor:
     """Eval-mode pass of groups[:stop] (pooled features when stop is None) over uint8 images."""
     net.eval()
-    if pp.channels_last:
+    if prep.channels_last:
         to_channels_last(net)
     outs = []
-    steps = range(0, len(images), pp.batch)
+    steps = range(0, len(images), prep.batch)
     for i in (progress.bar(steps, desc, unit="batches") if desc and len(steps) >= 4 else steps):
-        x = images[i : i + pp.batch].to(pp.device)
-        x = prepare(tf(x) if tf is not None else x, pp)
+        x = to_device(images[i : i + prep.batch], prep.device)
+        x = prepare(tf(x) if tf is not None else x, prep)
         outs.append(net.features(x) if stop is None else net.forward_groups(x, 0, stop))
     return torch.cat(outs) if outs else torch.empty(0)
 
 
 @torch.no_grad()
-def predict_logits(net: models.Net, images: torch.Tensor, pp: Preproc) -> torch.Tensor:
+def predict_logits(net: models.Net, images: torch.Tensor, prep: Preproc) -> torch.Tensor:
     """(N, classes) float logits on the CPU of uint8 NCHW images."""
-    feats = run_groups(net, images, pp, None)
+    feats = run_groups(net, images, prep, None)
     return net.head(feats).float().cpu()
 
 
 def classify(net: models.Net, meta: dict[str, Any], blobs: list[tuple[str, bytes]], batch: int = 64) -> torch.Tensor:
     """(N, classes) probabilities of encoded images (name, bytes): decoded, resized and normalised as the
     checkpoint was trained, softmax(logits / T). The one inference path of predict and the served model."""
-    pp = preproc_from_meta(meta, "cpu", channels_last=True, batch=batch)
-    images = torch.stack([torch.from_numpy(decode(data, name, pp.size)).permute(2, 0, 1) for name, data in blobs])
-    logits = predict_logits(net, images, pp)
+    prep = preproc_from_meta(meta, "cpu", channels_last=True, batch=batch)
+    images = torch.stack([torch.from_numpy(decode(data, name, prep.size)).permute(2, 0, 1) for name, data in blobs])
+    logits = predict_logits(net, images, prep)
     return torch.softmax(logits / float(meta.get("temperature", 1.0)), 1)

@@ -1,6 +1,6 @@
 """Classify images with a pipeline checkpoint: top-k classes with temperature-scaled probabilities.
 
-    tlpipe-predict path/to/img.png more/ [--model models/retrained.pt] [--top-k 3] [--json] [--chart probs.png]
+    tlpipe-predict path/to/img.png more/ [--model models/retrained.pt|.onnx] [--top-k 3] [--json] [--chart probs.png]
 """
 
 from __future__ import annotations
@@ -36,9 +36,16 @@ def expand(paths: list[Path]) -> list[Path]:
 
 
 def probabilities(model: Path, files: list[Path], batch: int = 64) -> tuple[list[str], torch.Tensor]:
-    """Class names and (N, classes) probabilities, softmax(logits / T) with the checkpoint's temperature."""
+    """Class names and (N, classes) probabilities, softmax(logits / T) with the checkpoint's temperature;
+    a .onnx model (tlpipe.export) runs in onnxruntime, with the preprocessing its metadata carries."""
+    blobs = [(str(f), f.read_bytes()) for f in files]
+    if Path(model).suffix == ".onnx":
+        from .inference_onnx import OnnxClassifier
+
+        onnx_model = OnnxClassifier(model)
+        return onnx_model.classes, torch.from_numpy(onnx_model.classify(blobs, batch))
     net, meta = checkpoint.restore(model)
-    return list(meta["classes"]), classify(net, meta, [(str(f), f.read_bytes()) for f in files], batch)
+    return list(meta["classes"]), classify(net, meta, blobs, batch)
 
 
 def top_k(classes: list[str], probs: torch.Tensor, files: list[Path], k: int) -> list[dict[str, Any]]:
@@ -73,7 +80,8 @@ def chart(path: Path, classes: list[str], probs: torch.Tensor, files: list[Path]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("images", nargs="+", type=Path, help="image files or folders")
-    ap.add_argument("--model", type=Path, default=Path("models/retrained.pt"))
+    ap.add_argument("--model", type=Path, default=Path("models/retrained.pt"),
+                    help="a checkpoint (.pt), or its ONNX export (.onnx, run in onnxruntime)")
     ap.add_argument("--top-k", type=int, default=3)
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--chart", type=Path, help="write a bar chart of the class probabilities (PNG)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import socket
@@ -29,8 +31,13 @@ def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(store_root(root) / 'mlflow.db').resolve()}"
 
 
+def exp_name() -> str:
+    """The DVC experiment this process runs for ("workspace" for a plain `dvc repro`)."""
+    return os.environ.get("DVC_EXP_NAME") or "workspace"
+
+
 def run_name(stage: str) -> str:
-    return f"{os.environ.get('DVC_EXP_NAME') or 'workspace'}-{stage}"
+    return f"{exp_name()}-{stage}"
 
 
 def git_commit(root: Path) -> str:
@@ -39,6 +46,11 @@ def git_commit(root: Path) -> str:
         return out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
         return ""
+
+
+def baseline_commit(root: Path) -> str:
+    """The commit a pipeline run starts from: DVC's baseline for `dvc exp run` (queued ones included), else HEAD."""
+    return os.environ.get("DVC_EXP_BASELINE_REV") or git_commit(root)
 
 
 def metric_key(name: str) -> str:
@@ -78,10 +90,37 @@ def _experiment(mlflow: Any, name: str, root: Path, local: bool) -> str:
         except Exception:  # noqa: BLE001 - a concurrent stage may have created it first
             if mlflow.get_experiment_by_name(name) is None:
                 raise
-    return mlflow.set_experiment(name).experiment_id
+    experiment = mlflow.set_experiment(name)
+    _ui_tags(experiment)
+    return experiment.experiment_id
 
 
 PID_TAG, HOST_TAG = "tlpipe.pid", "tlpipe.host"
+PIPELINE_TAG, PARENT_TAG = "tlpipe.pipeline_key", "mlflow.parentRunId"
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"  # MLflow 3's "Machine learning" kind
+VIEW_KEY = "tlpipe"  # the runs view the README links to: ...?viewStateShareKey=tlpipe
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+MODELS = ("finetuned", "retrained")
+PIPELINE_COLUMNS = (*(f"{m}.{k}" for m in MODELS for k in ("test_accuracy", "test_macro_f1", "test_auroc")),
+                    *(f"{m}.best_val_acc" for m in ("head", *MODELS)))
+"""The parent run's headline metrics (see tlpipe.summary), the runs table's columns in the linked view."""
+
+
+def view_state() -> str:
+    """The shared view state (what MLflow's "Share" button stores as an experiment tag): the headline metric
+    columns ticked, everything else as on a fresh visit."""
+    return json.dumps({"selectedColumns": [f"metrics.`{c}`" for c in PIPELINE_COLUMNS]}, separators=(",", ":"))
+
+
+def _ui_tags(experiment: Any) -> None:
+    """Mark the experiment "Machine learning" (unless a user chose otherwise) and store the linked runs view."""
+    from mlflow.tracking import MlflowClient
+
+    tags = experiment.tags or {}
+    wanted = {VIEW_TAG: view_state(), **({} if tags.get(KIND_TAG) else {KIND_TAG: KIND})}
+    for key, value in wanted.items():
+        if tags.get(key) != value:
+            MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
 
 
 def end_dead_runs(experiment_id: str) -> list[str]:
@@ -100,7 +139,47 @@ def end_dead_runs(experiment_id: str) -> list[str]:
                 and not alive(int(pid)):
             client.set_terminated(run.info.run_id, status="KILLED")
             ended.append(run.info.run_id)
+            parent = tags.get(PARENT_TAG)
+            if parent and client.get_run(parent).info.status == "RUNNING":
+                client.set_terminated(parent, status="KILLED")
     return ended
+
+
+def params_hash(params: dict[str, Any]) -> str:
+    """12 hex digits of a sha256 over the flattened params, the `tracking` section left out (not a DVC dep)."""
+    items = sorted((k, repr(v)) for k, v in flatten(params).items() if not k.startswith("tracking."))
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:12]
+
+
+def pipeline_key(params: dict[str, Any], commit: str) -> str:
+    """What makes one pipeline run: DVC experiment name (or "workspace"), baseline commit and params. Every
+    stage of one `dvc exp run` / queued experiment, a rerun after a kill and a `dvc repro` of one stage
+    with the same params and commit share it; new params or a new commit make a new pipeline run."""
+    return f"{exp_name()}@{commit or 'no-git'}:{params_hash(params)}".replace("'", "_")
+
+
+def param_items(params: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(k, str(v)[:500]) for k, v in flatten(params).items()]
+
+
+def pipeline_parent(client: Any, experiment_id: str, params: dict[str, Any], commit: str) -> str:
+    """The id of this pipeline run's parent run: the oldest live run tagged with its key, else a new one named
+    after the DVC experiment, with every param. Call with the store lock held, so no stage makes a second."""
+    from mlflow.entities import Param
+
+    key = pipeline_key(params, commit)
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{key}'",
+                               order_by=["attributes.start_time ASC"], max_results=1)
+    if found:
+        return found[0].info.run_id
+    run_id = client.create_run(experiment_id, run_name=exp_name(), tags={
+        PIPELINE_TAG: key, "dvc_exp_name": exp_name(), "git_commit": commit, "tlpipe.params_hash": params_hash(params),
+        "mlflow.note.content": "tlpipe pipeline run: its stages are nested below; metrics are the models' headline "
+                               "numbers (metrics/*.json)"}).info.run_id
+    items = param_items(params)
+    for i in range(0, len(items), 90):
+        client.log_batch(run_id, params=[Param(k, v) for k, v in items[i : i + 90]])
+    return run_id
 
 
 def sqlite_file(uri: str) -> Path | None:
@@ -194,37 +273,64 @@ def store(root: Path) -> Iterator[str]:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
-def _start_run(mlflow: Any, stage: str, experiment: str, root: Path, uri: str, timeout: int, local: bool) -> None:
-    """Experiment set up, runs of killed stages ended, this stage's run started; one error if unusable."""
+def guarded(uri: str, timeout: int, fn: Callable[[], Any]) -> Any:
+    """fn() under bounded HTTP waits and the store lock; any MLflow failure becomes one PipelineError."""
     try:
         with bounded_http(timeout), store_lock(uri, timeout):
-            end_dead_runs(_experiment(mlflow, experiment, root, local=local))
-            mlflow.start_run(run_name=run_name(stage))
+            return fn()
     except PipelineError:
         raise
     except Exception as exc:  # noqa: BLE001
         raise PipelineError(f"mlflow: tracking store {uri} is not usable: {str(exc).splitlines()[0][:200]}") from exc
 
 
-def _log_run_info(mlflow: Any, stage: str, params: dict[str, Any], root: Path,
+def setup(mlflow: Any, params: dict[str, Any], experiment: str, root: Path, commit: str, local: bool) -> str:
+    """Experiment set up, runs of killed stages ended, the pipeline run's parent found or made: its id."""
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = _experiment(mlflow, experiment, root, local=local)
+    end_dead_runs(experiment_id)
+    return pipeline_parent(MlflowClient(), experiment_id, params, commit)
+
+
+def _start_run(mlflow: Any, stage: str, params: dict[str, Any], experiment: str, root: Path, uri: str,
+               timeout: int, commit: str, local: bool) -> str:
+    """This stage's run started, nested under the pipeline run's parent (then RUNNING); returns the parent id."""
+    from mlflow.tracking import MlflowClient
+
+    def start() -> str:
+        parent = setup(mlflow, params, experiment, root, commit, local)
+        MlflowClient().update_run(parent, status="RUNNING")
+        mlflow.start_run(run_name=run_name(stage), tags={PARENT_TAG: parent})
+        return parent
+
+    return guarded(uri, timeout, start)
+
+
+def _log_run_info(mlflow: Any, stage: str, params: dict[str, Any], commit: str,
                   lock: Callable[[], ContextManager[None]]) -> None:
     """Tags (stage, git commit, DVC experiment, pid and host) and every param, flattened."""
-    tags = {"stage": stage, "git_commit": git_commit(root), "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "workspace"),
+    tags = {"stage": stage, "git_commit": commit, "dvc_exp_name": exp_name(),
             PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
-    items = [(k, str(v)[:500]) for k, v in flatten(params).items()]
+    items = param_items(params)
     with lock():
         mlflow.set_tags(tags)
         for i in range(0, len(items), 90):
             mlflow.log_params(dict(items[i : i + 90]))
 
 
-def _end_run(mlflow: Any, lock: Callable[[], ContextManager[None]], finished: bool) -> None:
-    """FINISHED or FAILED; on failure, the stage's own error is the one reported."""
+def _end_run(mlflow: Any, lock: Callable[[], ContextManager[None]], finished: bool, parent: str) -> None:
+    """FINISHED or FAILED, the parent run too (it shows how the last stage under it ended); on failure, the
+    stage's own error is the one reported."""
+    from mlflow.tracking import MlflowClient
+
     if mlflow.active_run() is None:
         return
+    status = "FINISHED" if finished else "FAILED"
     try:
         with lock():
-            mlflow.end_run(status="FINISHED" if finished else "FAILED")
+            mlflow.end_run(status=status)
+            MlflowClient().set_terminated(parent, status=status)
     except Exception:  # noqa: BLE001
         if finished:
             raise
@@ -232,20 +338,55 @@ def _end_run(mlflow: Any, lock: Callable[[], ContextManager[None]], finished: bo
 
 @contextmanager
 def stage_run(stage: str, params: dict[str, Any], experiment: str, root: Path = Path(".")) -> Iterator[Tracker]:
-    """One MLflow run for a stage: params, tags; FAILED if the block raises. Fails early if unreachable."""
+    """One MLflow run for a stage, nested under its pipeline run's parent (see `pipeline_key`): params, tags;
+    FAILED if the block raises. Fails early if unreachable."""
     import mlflow
 
-    local = not os.environ.get("MLFLOW_TRACKING_URI")
+    local = not os.environ.get("MLFLOW_TRACKING_URI")  # read before store() exports the URI
     uri = tracking_uri(root)
     timeout = int(params["tracking"]["connect_timeout"])
+    commit = baseline_commit(root)
     check_sqlite(uri, timeout)  # before MLflow's own waits and retries
     with store(root):
-        _start_run(mlflow, stage, experiment, root, uri, timeout, local)
+        parent = _start_run(mlflow, stage, params, experiment, root, uri, timeout, commit, local)
         lock = partial(store_lock, uri, timeout)
         finished = False
         try:
-            _log_run_info(mlflow, stage, params, root, lock)
+            _log_run_info(mlflow, stage, params, commit, lock)
             yield Tracker(mlflow, lock)
             finished = True
         finally:
-            _end_run(mlflow, lock, finished)
+            _end_run(mlflow, lock, finished, parent)
+
+
+def pipeline_summary(params: dict[str, Any], metrics: dict[str, float], files: list[Path],
+                     root: Path = Path(".")) -> str:
+    """Log `metrics` and `files` (under metrics/) to the pipeline run's parent and mark it FINISHED; no run of
+    its own. Returns the parent's id."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    local = not os.environ.get("MLFLOW_TRACKING_URI")  # read before store() exports the URI
+    uri, timeout = tracking_uri(root), int(params["tracking"]["connect_timeout"])
+    check_sqlite(uri, timeout)
+
+    def log() -> str:
+        parent = setup(mlflow, params, params["tracking"]["experiment"], root, baseline_commit(root), local)
+        client = MlflowClient()
+        client.log_batch(parent, metrics=_metrics(metrics))
+        for f in files:
+            client.log_artifact(parent, str(f), artifact_path="metrics")
+        client.set_terminated(parent, status="FINISHED")
+        return parent
+
+    with store(root):
+        return guarded(uri, timeout, log)
+
+
+def _metrics(values: dict[str, float]) -> list[Any]:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(metric_key(k), float(v), now, 0) for k, v in values.items()]

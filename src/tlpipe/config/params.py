@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
 from ..errors import PipelineError
+from .phases import PHASES, phase_settings
 
 Check = Callable[[str, Any], None]
 
 
 @dataclass(frozen=True)
 class Field:
-    """One params key: accepted types and an optional value check."""
+    """One params key: accepted types, an optional value check, and whether the key must be present."""
 
     types: tuple[type, ...]
     check: Check | None = None
+    required: bool = True
 
 
 def _finite(key: str, v: Any) -> None:
@@ -50,6 +52,11 @@ def _dropout(key: str, v: Any) -> None:
     _finite(key, v)
     if not 0 <= v < 1:
         raise PipelineError(f"params: {key} must be in [0, 1), got {v!r}")
+
+
+def _folds(key: str, v: Any) -> None:
+    if v == 1 or v < 0:
+        raise PipelineError(f"params: {key} must be 0 (off) or at least 2 folds, got {v!r}")
 
 
 def _hex_digest(length: int) -> Check:
@@ -83,9 +90,20 @@ def _int_list(key: str, v: Any) -> None:
         raise PipelineError(f"params: {key} must be a list of positive epoch numbers, got {v!r}")
 
 
+CORRUPTIONS = ("white_balance", "hue", "brightness", "contrast", "overexposure", "gaussian_blur", "motion_blur",
+               "noise", "jpeg", "downscale", "rotation")  # evaluation.robustness.CORRUPTIONS, in its order
+
+
+def _corruption_list(key: str, v: Any) -> None:
+    bad = [c for c in v if c not in CORRUPTIONS]
+    if bad or not v or len(set(map(str, v))) != len(v):
+        what = f"unknown {', '.join(map(repr, bad))}" if bad else ("empty" if not v else "a name twice")
+        raise PipelineError(f"params: {key} must list corruptions among {', '.join(CORRUPTIONS)} (each once); "
+                            f"got {what}")
+
+
 NUM = (int, float)
-PHASE: dict[str, Any] = {
-    "epochs": Field((int,), _positive),
+SHARED: dict[str, Any] = {  # the `train` section's phase settings; a phase section may override each
     "batch_size": Field((int,), _positive),
     "optimizer": Field((str,), _one_of("adam", "adamw", "sgd")),
     "lr": Field(NUM, _positive),
@@ -95,11 +113,6 @@ PHASE: dict[str, Any] = {
     "scheduler": Field((str,), _one_of("none", "step", "multistep", "cosine", "onecycle", "plateau")),
     "step_size": Field((int,), _positive),
     "gamma": Field(NUM, _positive),
-    "feature_views": Field((int,), _positive),
-    "unfreeze_blocks": Field((int,), _non_negative),
-    "bn_train": Field((bool,)),
-    "prefix_views": Field((int,), _non_negative),
-    "backbone_lr_mult": Field(NUM, _positive),
     "nesterov": Field((bool,)),
     "milestones": Field((list,), _int_list),
     "warmup_epochs": Field((int,), _non_negative),
@@ -109,9 +122,11 @@ PHASE: dict[str, Any] = {
     "early_stopping": Field((int,), _non_negative),
     "grad_clip": Field(NUM, _non_negative),
 }
-HEAD_PHASE = {k: v for k, v in PHASE.items()
-              if k not in ("unfreeze_blocks", "bn_train", "backbone_lr_mult", "prefix_views")}
-TUNE_PHASE = {k: v for k, v in PHASE.items() if k != "feature_views"}
+OVERRIDES = {k: replace(f, required=False) for k, f in SHARED.items()}
+OWN = {"epochs": Field((int,), _positive), "lr_scale": Field(NUM, _positive, required=False)}
+HEAD_PHASE = {**OWN, "feature_views": Field((int,), _positive), **OVERRIDES}
+TUNE_PHASE = {**OWN, "unfreeze_blocks": Field((int,), _non_negative), "prefix_views": Field((int,), _non_negative),
+              "bn_train": Field((bool,)), "backbone_lr_mult": Field(NUM, _positive), **OVERRIDES}
 
 SCHEMA: dict[str, Any] = {
     "seed": Field((int,), _non_negative),
@@ -126,6 +141,11 @@ SCHEMA: dict[str, Any] = {
         "test_list": Field((str,)),
         "bad_images": Field((str,), _one_of("error", "skip")),
         "max_per_class": Field((int,), _non_negative),
+        "test_url": Field((str,)),
+        "test_sha256": Field((str,), _hex_digest(64)),
+        "test_labels_url": Field((str,)),
+        "test_labels_sha256": Field((str,), _hex_digest(64)),
+        "roi_crop": Field((bool,)),
         "known_classes": Field((dict, str), _known_spec),
     },
     "split": {
@@ -135,12 +155,14 @@ SCHEMA: dict[str, Any] = {
         "valid_per_class": Field((int,), _non_negative),
         "test_per_class": Field((int,), _non_negative),
         "by_group": Field((bool,)),
+        "folds": Field((int,), _folds),
     },
     "model": {
         "backbone": Field((str,)),
         "weights": Field((str,), _one_of("imagenet", "none")),
         "input_size": Field((int,), _positive),
         "channels_last": Field((bool,)),
+        "input_norm": Field((str,), _one_of("none", "grayworld", "autolevel")),
         "head_dropout": Field(NUM, _dropout),
         "inference_batch_size": Field((int,), _positive),
     },
@@ -153,6 +175,8 @@ SCHEMA: dict[str, Any] = {
         "vflip": Field(NUM, _fraction),
         "grayscale": Field(NUM, _fraction),
         "erasing": Field(NUM, _fraction),
+        "white_balance": Field(NUM, _fraction),
+        "exposure": Field(NUM, _non_negative),
         "v2": Field((list,)),
     },
     "train_head": HEAD_PHASE,
@@ -167,12 +191,22 @@ SCHEMA: dict[str, Any] = {
     },
     "retrain": {"head": HEAD_PHASE, "finetune": TUNE_PHASE},
     "train": {
+        **SHARED,
         "resume": Field((bool,)),
         "checkpoint_every": Field((int,), _positive),
+        "precision": Field((str,), _one_of("fp32", "bf16", "fp16")),
+        "distributed": Field((bool,)),
+        "nproc_per_node": Field((int,), _positive),
     },
-    "evaluate": {"batch_size": Field((int,), _positive), "gallery_images": Field((int,), _non_negative)},
-    "registry": {"register": Field((bool,)), "model_name": Field((str,), _registered_name)},
+    "evaluate": {"batch_size": Field((int,), _positive), "gallery_images": Field((int,), _non_negative),
+                 "bootstrap": Field((int,), _non_negative), "baseline_size": Field((int,), _non_negative)},
+    "registry": {"register": Field((bool,)), "model_name": Field((str,), _registered_name),
+                 "backend": Field((str,), _one_of("torch", "onnx"))},
+    "export": {"int8": Field((bool,))},
     "tracking": {"experiment": Field((str,)), "connect_timeout": Field((int,), _positive)},
+    "robustness": {"corruptions": Field((list,), _corruption_list), "max_images": Field((int,), _non_negative)},
+    "audit": {"folds": Field((int,), _folds), "duplicate_threshold": Field(NUM, _fraction),
+              "outlier_z": Field(NUM, _positive), "gallery_images": Field((int,), _non_negative)},
 }
 
 
@@ -188,6 +222,8 @@ def _validate(node: dict[str, Any], schema: dict[str, Any], prefix: str) -> None
     for key, spec in schema.items():
         full = f"{prefix}{key}"
         if key not in node:
+            if not getattr(spec, "required", True):
+                continue
             raise PipelineError(f"params: missing key {full}")
         value = node[key]
         if isinstance(spec, dict):
@@ -226,12 +262,22 @@ def _cross_checks(p: dict[str, Any]) -> None:
     if isinstance(p["data"]["known_classes"], dict) and len(p["data"]["known_classes"]) < 2:
         raise PipelineError("params: data.known_classes needs at least two classes")
     _check_unfreeze(p)
+    _gtsrb_checks(p["data"])
     classes = p["unknown"]["classes"]
     if isinstance(classes, str) and classes != "rest":
         raise PipelineError(f"params: unknown.classes must be a list of class ids or 'rest', got {classes!r}")
-    for name, ph in (("train_head", p["train_head"]), ("finetune", p["finetune"]),
-                     ("retrain.head", p["retrain"]["head"]), ("retrain.finetune", p["retrain"]["finetune"])):
-        _phase_checks(name, ph)
+    for name in PHASES:
+        _phase_checks(name, phase_settings(p, name))
+
+
+def _gtsrb_checks(d: dict[str, Any]) -> None:
+    """The official test set (both archives or neither) and the ROI crop are gtsrb options."""
+    if bool(d["test_url"]) != bool(d["test_labels_url"]):
+        raise PipelineError("params: data.test_url and data.test_labels_url go together (set both or neither)")
+    if d["dataset"] != "gtsrb":
+        used = [k for k in ("test_url", "test_labels_url", "roi_crop") if d[k]]
+        if used:
+            raise PipelineError(f"params: data.{used[0]} applies to data.dataset gtsrb only, not {d['dataset']}")
 
 
 def _phase_checks(name: str, ph: dict[str, Any]) -> None:

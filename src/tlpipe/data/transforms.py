@@ -45,6 +45,8 @@ class BatchAugment:
         self.jitter = float(aug.get("color_jitter", 0.0))
         self.grayscale = float(aug.get("grayscale", 0.0))
         self.erasing = float(aug.get("erasing", 0.0))
+        self.white_balance = float(aug.get("white_balance", 0.0))
+        self.exposure = float(aug.get("exposure", 0.0))
         self.gen = generator if generator is not None else torch.Generator().manual_seed(0)
 
     def _uniform(self, n: int, lo: float, hi: float) -> torch.Tensor:
@@ -94,6 +96,18 @@ class BatchAugment:
         gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
         return (gray + (x - gray) * s).clamp_(0.0, 1.0)
 
+    def _cast(self, x: torch.Tensor) -> torch.Tensor:
+        """Colour cast (a gain per channel in [1 - w, 1 + w]) and over-exposure (one gain in [1, 1 + e]),
+        clipped: the white balance and exposure of other cameras and light."""
+        n = x.shape[0]
+        gains = torch.ones(n, 3, 1, 1)
+        if self.white_balance > 0:
+            w = self.white_balance
+            gains = gains * self._uniform(3 * n, 1 - w, 1 + w).view(n, 3, 1, 1)
+        if self.exposure > 0:
+            gains = gains * self._uniform(n, 1.0, 1.0 + self.exposure).view(n, 1, 1, 1)
+        return (x * gains.to(x.device)).clamp_(0.0, 1.0)
+
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 NCHW -> augmented float32 NCHW in [0, 1]."""
         x = batch.float().div_(255.0)
@@ -102,6 +116,8 @@ class BatchAugment:
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if self.jitter > 0:
             x = self._color(x)
+        if self.white_balance > 0 or self.exposure > 0:
+            x = self._cast(x)
         if self.grayscale > 0:
             x = self._gray(x)
         if self.erasing > 0:

@@ -22,7 +22,8 @@ from ..data.splitdir import SplitDir
 from ..inference import Preproc, predict_logits, preproc_from_meta
 from ..models import Net
 from ..runtime import set_seed
-from . import metrics as closed, openset, plots
+from . import bootstrap, metrics as closed, openset, plots
+from .baseline import pixel_baseline
 from .calibration import ece
 
 
@@ -33,6 +34,7 @@ class Scored:
     logits: torch.Tensor
     target: torch.Tensor  # index in the model's classes, -1 where the label is not one of them
     kind: np.ndarray  # 'known', 'seen' (unknown class trained on) or 'unseen' (held-out class)
+    group: np.ndarray  # the manifest's group (a GTSRB track): the unit the bootstrap resamples
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,8 @@ def score_split(net: Net, split: SplitDir, name: str, model_classes: list[str], 
     kind = np.array(["known" if r["label"] != manifest.UNKNOWN else ("unseen" if r.get("origin") in holdout else "seen")
                      for r in rows])
     target = torch.tensor([index.get(r["label"], -1) for r in rows], dtype=torch.long)
-    return Scored(predict_logits(net, split.images(name, pp.size), pp), target, kind)
+    group = np.array([r["group"] for r in rows])
+    return Scored(predict_logits(net, split.images(name, pp.size), pp), target, kind, group)
 
 
 def open_set_report(test: Scored, valid: Scored, classes: list[str], t: float) -> dict[str, Any]:
@@ -94,15 +97,76 @@ def closed_set(test: Scored, classes: list[str]) -> np.ndarray:
     return keep
 
 
-def measure(test: Scored, valid: Scored, classes: list[str], t: float) -> dict[str, Any]:
-    """The metrics file: closed-set metrics, calibration before and after scaling, the open-set report."""
+def _rounded(interval: tuple[float, float] | None) -> list[float] | None:
+    return [round(v, 6) for v in interval] if interval else None
+
+
+def intervals(test: Scored, keep: np.ndarray, classes: list[str], t: float, primary: str, seed: int,
+              resamples: int) -> dict[str, Any]:
+    """95% group-bootstrap intervals of accuracy, macro-F1, per-class recall (closed-set rows) and of the
+    primary open-set score's AUROC (all test rows; None without unknowns)."""
+    target, pred = test.target.numpy()[keep], test.logits.argmax(1).numpy()[keep]
+    closed_iv = bootstrap.closed_set_intervals(target, pred, test.group[keep], len(classes), resamples, seed)
+    is_known = test.kind == "known"
+    auroc = None
+    if is_known.any() and (~is_known).any():
+        score = openset.scores(test.logits, t, unknown_index(classes))[primary].numpy().astype(np.float64)
+        auroc = bootstrap.group_bootstrap(test.group, bootstrap.auroc(is_known, score), resamples, seed)
+    return {"level": 0.95, "resamples": resamples, "unit": "group",
+            "accuracy": _rounded(closed_iv["accuracy"]), "macro_f1": _rounded(closed_iv["macro_f1"]),
+            "recall": {c: _rounded(iv) for c, iv in zip(classes, closed_iv["recall"])}, "auroc": _rounded(auroc)}
+
+
+def measure(test: Scored, valid: Scored, classes: list[str], t: float, seed: int = 0,
+            resamples: int = 0) -> dict[str, Any]:
+    """The metrics file: closed-set metrics, calibration before and after scaling, the open-set report,
+    group-bootstrap intervals (resamples > 0) and the groups each class's numbers rest on."""
     keep = closed_set(test, classes)
     logits, target = test.logits[keep], test.target[keep]
     result = closed.compute(target, logits, classes)
     result["calibration"] = {"temperature": round(t, 6), "ece": round(ece(logits.softmax(1), target), 6),
                              "ece_scaled": round(ece((logits / t).softmax(1), target), 6)}
     result["open_set"] = open_set_report(test, valid, classes, t)
+    if resamples:
+        result["intervals"] = intervals(test, keep, classes, t, result["open_set"]["primary_score"], seed, resamples)
+    per_class = bootstrap.groups_per_class(np.array(classes)[target.numpy()], test.group[keep]) if keep.any() else {}
+    result["groups_per_class"] = {c: per_class.get(c, 0) for c in classes}
     return result
+
+
+def baseline_report(split: SplitDir, test: Scored, keep: np.ndarray, test_images: torch.Tensor,
+                    classes: list[str], size: int, seed: int, resamples: int) -> dict[str, Any]:
+    """The raw-pixel baseline, trained on the split's train rows whose label is a model class, scored on
+    the model's closed-set test rows (same images, same group resamples)."""
+    index = {c: i for i, c in enumerate(classes)}
+    train_target = np.array([index.get(r["label"], -1) for r in split.rows("train")], dtype=np.int64)
+    usable = train_target >= 0
+    train_images = split.images("train", test_images.shape[-1])[torch.from_numpy(usable)]
+    return pixel_baseline((train_images, train_target[usable]),
+                          (test_images[torch.from_numpy(keep)], test.target.numpy()[keep]),
+                          test.group[keep], len(classes), size, seed, resamples)
+
+
+def headline(result: dict[str, Any]) -> dict[str, Any]:
+    """metrics/evaluate_<name>.json: the few numbers people compare (`dvc metrics show/diff`, `dvc exp show`);
+    the whole `result` goes to reports/<name>/metrics.json and MLflow."""
+    os_, interval = result["open_set"], (result.get("intervals") or {}).get("accuracy") or [None, None]
+    base = result.get("baseline")
+    return {"accuracy": result["accuracy"], "accuracy_lo": interval[0], "accuracy_hi": interval[1],
+            "macro_f1": result["macro_f1"], "loss": result["loss"], "ece_scaled": result["calibration"]["ece_scaled"],
+            "auroc": os_["scores"][os_["primary_score"]]["auroc"],
+            "unknown_recall_seen": (os_.get("seen") or {}).get("unknown_recall"),
+            "unknown_recall_unseen": (os_.get("unseen") or {}).get("unknown_recall"),
+            "baseline_accuracy": base["accuracy"] if base else None}
+
+
+def for_mlflow(value: Any) -> Any:
+    """The metrics dict as MLflow metrics: an interval [low, high] becomes {"low": .., "high": ..}."""
+    if isinstance(value, dict):
+        return {k: for_mlflow(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+        return {"low": value[0], "high": value[1]}
+    return value
 
 
 def write_outputs(out: Outputs, test: Scored, keep: np.ndarray, images: torch.Tensor, classes: list[str], t: float,
@@ -112,6 +176,7 @@ def write_outputs(out: Outputs, test: Scored, keep: np.ndarray, images: torch.Te
     with atomic_dir(out.report_dir) as tmp:  # the folder is one DVC output: complete or absent
         write_text(tmp / "classification_report.txt", closed.report_text(target, logits, classes))
         write_json(tmp / "classification_report.json", closed.report_dict(target, logits, classes))
+        write_json(tmp / "metrics.json", result)  # every number; metrics/evaluate_<name>.json holds the headline
     plots.write_confusion_csv(out.plot("confusion", "csv"), target, logits, classes)
     plots.write_per_class_csv(out.plot("per_class", "csv"), result["per_class"])
     plots.confusion_png(out.plot("confusion", "png"), target, logits, classes,
@@ -122,8 +187,8 @@ def write_outputs(out: Outputs, test: Scored, keep: np.ndarray, images: torch.Te
     primary = result["open_set"]["primary_score"]
     plots.write_roc_csv(out.plot("roc", "csv"), test.kind == "known",
                         openset.scores(test.logits, t, unknown_index(classes))[primary].numpy())
-    write_json(out.metrics_file, result)
-    return [out.metrics_file, out.report_dir / "classification_report.txt",
+    write_json(out.metrics_file, headline(result))
+    return [out.metrics_file, out.report_dir / "metrics.json", out.report_dir / "classification_report.txt",
             out.report_dir / "classification_report.json", out.plot("confusion", "png"),
             out.plot("reliability", "png"), out.plot("misclassified", "png")]
 
@@ -132,9 +197,17 @@ def summary_line(name: str, result: dict[str, Any], t: float) -> str:
     """The line the stage prints."""
     cal, os_ = result["calibration"], result["open_set"]
     primary = os_["primary_score"]
-    return (f"evaluate {name}: test accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, "
+    base = result.get("baseline")
+    return (f"evaluate {name}: test accuracy {result['accuracy']:.4f}"
+            f"{_bracket((result.get('intervals') or {}).get('accuracy'))}, macro-F1 {result['macro_f1']:.4f}, "
             f"ECE {cal['ece']:.4f} -> {cal['ece_scaled']:.4f} (T={t:.2f}), {primary} AUROC "
-            f"{os_['scores'][primary]['auroc']}, unseen-unknown recall {(os_.get('unseen') or {}).get('unknown_recall')}")
+            f"{os_['scores'][primary]['auroc']}, unseen-unknown recall {(os_.get('unseen') or {}).get('unknown_recall')}"
+            + (f", pixel baseline {base['accuracy']:.4f}{_bracket(base['accuracy_interval'])}" if base else ""))
+
+
+def _bracket(interval: list[float] | None) -> str:
+    """' [low, high]' of an interval, '' without one."""
+    return f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else ""
 
 
 def evaluate(model: Path, split: SplitDir, out: Outputs, params: dict[str, Any]) -> dict[str, Any]:
@@ -147,11 +220,14 @@ def evaluate(model: Path, split: SplitDir, out: Outputs, params: dict[str, Any])
         pp = preproc_from_meta(meta, params["device"], params["model"]["channels_last"], params["evaluate"]["batch_size"])
         net.to(pp.device)
         test, valid = (score_split(net, split, s, classes, holdout, pp) for s in ("test", "valid"))
-        result = measure(test, valid, classes, t)
-        keep = closed_set(test, classes)
-        files = write_outputs(out, test, keep, split.images("test", pp.size), classes, t, result,
-                              params["evaluate"]["gallery_images"])
-        tracker.metrics({k: v for k, v in result.items() if k != "per_class"}, prefix="test_")
+        seed, resamples = params["seed"], params["evaluate"]["bootstrap"]
+        result = measure(test, valid, classes, t, seed, resamples)
+        keep, test_images = closed_set(test, classes), split.images("test", pp.size)
+        if params["evaluate"]["baseline_size"]:
+            result["baseline"] = baseline_report(split, test, keep, test_images, classes,
+                                                 params["evaluate"]["baseline_size"], seed, resamples)
+        files = write_outputs(out, test, keep, test_images, classes, t, result, params["evaluate"]["gallery_images"])
+        tracker.metrics(for_mlflow({k: v for k, v in result.items() if k != "per_class"}), prefix="test_")
         tracker.metrics(result["per_class"], prefix="test_")
         for f in files:
             tracker.artifact(f)

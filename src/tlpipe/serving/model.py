@@ -1,8 +1,11 @@
 """The retrained model as an MLflow pyfunc model: base64-encoded images in, class probabilities out.
 
-The model's only artifact is the checkpoint; preprocessing comes from its metadata through
-`inference.classify`, so the served model and `tlpipe-predict` give the same probabilities. Loading
-it imports the inference path only (no training, tracking or evaluation code).
+The model's only artifact is the checkpoint (registry.backend: torch), or its ONNX export run by onnxruntime
+(backend onnx, `inference_onnx`); preprocessing comes from its metadata through `inference.classify`, so the
+served model and `tlpipe-predict` give the same probabilities. Loading it imports the inference path only (no
+training, tracking or evaluation code). A bad request (a row that is not base64, does not decode, or has too
+many pixels) fails with an MlflowException INVALID_PARAMETER_VALUE naming the row and the reason: the scoring
+server answers 400 with {"error_code", "message"} and no stack trace.
 
     MLFLOW_TRACKING_URI=sqlite:///mlflow.db mlflow models serve -m models:/tlpipe-classifier/1 \\
         --env-manager local -h 127.0.0.1 -p 5001
@@ -14,11 +17,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import threading
 from typing import Any
 
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from .. import checkpoint
 from ..errors import PipelineError
@@ -28,6 +34,22 @@ IMAGE_COLUMN = "image"  # input: one base64-encoded image file (any format Pillo
 LABEL_COLUMN = "label"  # output: the most probable class
 PROB_COLUMN = "probability"  # output: its probability
 CHECKPOINT_ARTIFACT = "checkpoint"
+ONNX_ARTIFACT = "onnx"  # registry.backend: onnx logs the exported model under this name instead
+
+
+def bad_request(message: str) -> MlflowException:
+    """The error a client gets for a bad input: HTTP 400, {"error_code": "INVALID_PARAMETER_VALUE", "message"}."""
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def b64(i: int, text: Any) -> bytes:
+    """Row i's image bytes; a bad_request when it is not base64 text (whitespace and line breaks allowed)."""
+    if not isinstance(text, str):
+        raise bad_request(f"serving: row {i}: column {IMAGE_COLUMN!r} is not base64 text (got {type(text).__name__})")
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise bad_request(f"serving: row {i}: column {IMAGE_COLUMN!r} is not base64 ({exc})") from None
 
 
 def encode(data: bytes) -> str:
@@ -61,23 +83,25 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
     fixed cost of a pass over concurrent requests. A request with a bad image fails alone."""
 
     def load_context(self, context: Any) -> None:
-        self.net, self.meta = checkpoint.restore(context.artifacts[CHECKPOINT_ARTIFACT])
+        if ONNX_ARTIFACT in context.artifacts:
+            from ..inference_onnx import OnnxClassifier
+
+            self.onnx = OnnxClassifier(context.artifacts[ONNX_ARTIFACT])
+            self.net, self.meta = None, self.onnx.meta
+        else:
+            self.onnx = None
+            self.net, self.meta = checkpoint.restore(context.artifacts[CHECKPOINT_ARTIFACT])
+            self.net.eval()
         self.classes = list(self.meta["classes"])
         self.columns = output_columns(self.classes)
-        self.net.eval()
         self._model_lock = threading.Lock()  # one forward pass at a time
         self._queue_lock = threading.Lock()
         self._queue: list[_Request] = []
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         if not isinstance(model_input, pd.DataFrame) or IMAGE_COLUMN not in model_input.columns:
-            raise PipelineError(f"serving: input must be a DataFrame with a column {IMAGE_COLUMN!r}")
-        blobs = []
-        for i, text in enumerate(model_input[IMAGE_COLUMN].tolist()):
-            try:
-                blobs.append((f"row {i}", base64.b64decode(text)))
-            except (binascii.Error, TypeError, ValueError) as exc:
-                raise PipelineError(f"serving: row {i}: column {IMAGE_COLUMN!r} is not base64 ({exc})") from exc
+            raise bad_request(f"serving: input must be a DataFrame with a column {IMAGE_COLUMN!r}")
+        blobs = [(f"row {i}", b64(i, text)) for i, text in enumerate(model_input[IMAGE_COLUMN].tolist())]
         if not blobs:
             return pd.DataFrame(columns=self.columns)
         probs = self._probabilities(blobs)
@@ -96,20 +120,28 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
                 with self._queue_lock:
                     batch, self._queue = self._queue, []
                 self._run(batch)
+        if isinstance(req.error, PipelineError) and str(req.error).startswith("image row "):  # data.images.decode's
+            reason = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(req.error).removeprefix("image "))
+            raise bad_request(f"serving: {reason}") from None
         if req.error is not None:
             raise req.error
         return req.probs
 
+    def _classify(self, blobs: list[tuple[str, bytes]]) -> Any:
+        if self.onnx is not None:
+            return self.onnx.classify(blobs).astype("float64")
+        return classify(self.net, self.meta, blobs).double().numpy()
+
     def _run(self, batch: list[_Request]) -> None:
         try:
-            probs = classify(self.net, self.meta, [b for r in batch for b in r.blobs]).double().numpy()
+            probs = self._classify([b for r in batch for b in r.blobs])
             start = 0
             for r in batch:
                 r.probs, start = probs[start : start + len(r.blobs)], start + len(r.blobs)
         except Exception:  # noqa: BLE001 - a bad image: run each request alone so only its own fails
             for r in batch:
                 try:
-                    r.probs = classify(self.net, self.meta, r.blobs).double().numpy()
+                    r.probs = self._classify(r.blobs)
                 except Exception as exc:  # noqa: BLE001 - handed to the request's own thread
                     r.error = exc
         finally:

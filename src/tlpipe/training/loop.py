@@ -19,8 +19,9 @@ from ..atomic import atomic_path
 from ..config.phases import Phase
 from ..data.splitdir import Data
 from ..data.transforms import Augment, make_augment
-from ..inference import Preproc, prepare, run_groups, to_channels_last
+from ..inference import Preproc, prepare, run_groups, to_channels_last, to_device
 from .mixing import Mixer
+from . import parallel
 from .optim import Schedule, make_optimizer
 from .resume import RESUME_FORMAT, Resume, fingerprint, read, subset
 
@@ -63,6 +64,7 @@ def set_modes(net: models.Net, first: int, bn_train: bool) -> None:
 
 
 def _accuracy_loss(logits: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module) -> tuple[float, float]:
+    logits = logits.float()  # autocast logits: the loss in fp32 (a no-op on fp32 logits)
     return float(loss_fn(logits, y)), float((logits.argmax(1) == y).float().mean())
 
 
@@ -77,17 +79,18 @@ class _Mode(ABC):
     best_keys: tuple[str, ...]
     trainable: list[nn.Parameter]
 
-    def __init__(self, net: models.Net, ph: Phase):
-        self.net, self.ph = net, ph
-        self.first = models.freeze(net, ph.unfreeze_blocks)
+    def __init__(self, net: models.Net, phase: Phase):
+        self.net, self.phase = net, phase
+        self.first = models.freeze(net, phase.unfreeze_blocks)
 
     @abstractmethod
-    def build(self, train: Data, valid: Data, pp: Preproc, tf: Augment) -> None:
+    def build(self, train: Data, valid: Data, prep: Preproc, tf: Augment) -> None:
         """Compute what stays fixed through the phase (cached features or prefix activations)."""
 
     @abstractmethod
-    def inputs(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """The trainable part's input for the images `idx` of the training split."""
+    def inputs(self, idx: torch.Tensor, gen: torch.Generator, pick: slice = slice(None)) -> torch.Tensor:
+        """The trainable part's input for the images idx[pick] of the training split (`idx` the global batch:
+        its random draws from `gen` are made for all of it, so every rank's generator stays alike)."""
 
     @abstractmethod
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,19 +117,19 @@ class _HeadMode(_Mode):
 
     kind = "head"
 
-    def __init__(self, net: models.Net, ph: Phase):
-        super().__init__(net, ph)
+    def __init__(self, net: models.Net, phase: Phase):
+        super().__init__(net, phase)
         self.keep, self.keys, self.best_keys = net.head, ("head.",), ("",)
         self.trainable = list(net.head.parameters())
 
-    def build(self, train: Data, valid: Data, pp: Preproc, tf: Augment) -> None:
-        views = [run_groups(self.net, train.images, pp, None, tf if v else None, desc=f"features view {v}")
-                 for v in range(self.ph.feature_views)]
+    def build(self, train: Data, valid: Data, prep: Preproc, tf: Augment) -> None:
+        views = [run_groups(self.net, train.images, prep, None, tf if v else None, desc=f"features view {v}")
+                 for v in range(self.phase.feature_views)]
         self.feats = torch.stack(views)  # V, N, D
-        self.vfeats = run_groups(self.net, valid.images, pp, None, desc="features valid")
+        self.vfeats = run_groups(self.net, valid.images, prep, None, desc="features valid")
 
-    def inputs(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        return self.feats[torch.randint(0, self.ph.feature_views, (len(idx),), generator=gen), idx]
+    def inputs(self, idx: torch.Tensor, gen: torch.Generator, pick: slice = slice(None)) -> torch.Tensor:
+        return self.feats[torch.randint(0, self.phase.feature_views, (len(idx),), generator=gen)[pick], idx[pick]]
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.head(self.net.dropout(x))
@@ -153,27 +156,27 @@ class _PartialMode(_Mode):
 
     kind = "partial"
 
-    def __init__(self, net: models.Net, ph: Phase):
-        super().__init__(net, ph)
+    def __init__(self, net: models.Net, phase: Phase):
+        super().__init__(net, phase)
         self.keep = net
         self.keys = self.best_keys = tuple(f"groups.{i}." for i in range(self.first, len(net.groups))) + (
             "pool.", "head.")
         self.backbone = [p for g in net.groups[self.first:] for p in g.parameters()] + list(net.pool.parameters())
         self.trainable = self.backbone + list(net.head.parameters())
 
-    def build(self, train: Data, valid: Data, pp: Preproc, tf: Augment) -> None:
-        self.vprefix = run_groups(self.net, valid.images, pp, self.first)  # constant: frozen, no augmentation
-        views = self.ph.prefix_views
+    def build(self, train: Data, valid: Data, prep: Preproc, tf: Augment) -> None:
+        self.vprefix = run_groups(self.net, valid.images, prep, self.first)  # constant: frozen, no augmentation
+        views = self.phase.prefix_views
         if views > 0:  # K cached views: 1 plain + K-1 augmented, computed once
-            self.cached = torch.stack([run_groups(self.net, train.images, pp, self.first, tf if v else None,
+            self.cached = torch.stack([run_groups(self.net, train.images, prep, self.first, tf if v else None,
                                                   desc=f"prefix view {v}") for v in range(views)])
-        self.train_images, self.pp, self.tf = train.images, pp, tf
+        self.train_images, self.prep, self.tf = train.images, prep, tf
 
     @torch.no_grad()
-    def inputs(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        if self.ph.prefix_views > 0:
-            return self.cached[torch.randint(0, self.ph.prefix_views, (len(idx),), generator=gen), idx]
-        x = prepare(self.tf(self.train_images[idx].to(self.pp.device)), self.pp)  # fresh augmentation
+    def inputs(self, idx: torch.Tensor, gen: torch.Generator, pick: slice = slice(None)) -> torch.Tensor:
+        if self.phase.prefix_views > 0:
+            return self.cached[torch.randint(0, self.phase.prefix_views, (len(idx),), generator=gen)[pick], idx[pick]]
+        x = prepare(self.tf(to_device(self.train_images[idx[pick]], self.prep.device)), self.prep)  # fresh augmentation
         return self.net.forward_groups(x, 0, self.first)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -187,11 +190,11 @@ class _PartialMode(_Mode):
         return _accuracy_loss(logits, vy, loss_fn)
 
     def train_mode(self) -> None:
-        set_modes(self.net, self.first, self.ph.bn_train)
+        set_modes(self.net, self.first, self.phase.bn_train)
 
     def param_groups(self) -> list[dict[str, Any]]:
         return [{"params": self.net.head.parameters()},
-                {"params": self.backbone, "lr": self.ph.lr * self.ph.backbone_lr_mult}]
+                {"params": self.backbone, "lr": self.phase.lr * self.phase.backbone_lr_mult}]
 
 
 @dataclass
@@ -205,9 +208,16 @@ class _Loop:
     resume: Resume | None
     res: FitResult = field(default_factory=FitResult)
     vy: torch.Tensor | None = None  # validation targets on the device
+    amp: parallel.Amp = field(default_factory=parallel.Amp)
+
+    def validate(self, loss_fn: nn.Module) -> tuple[float, float]:
+        """(loss, accuracy) on the validation split, under autocast; rank 0's scores on every rank."""
+        with self.amp.autocast():
+            vl, va = self.mode.validate(self.vy, loss_fn)
+        return parallel.same(vl, va, device=self.amp.device)
 
     def save(self, epoch: int, done: bool, opt: torch.optim.Optimizer, sched: Schedule) -> None:
-        if self.resume is None or (not done and epoch % self.resume.every):
+        if self.resume is None or not parallel.is_main() or (not done and epoch % self.resume.every):
             return
         res = self.res
         payload = {
@@ -219,6 +229,7 @@ class _Loop:
             "history": res.history, "initial": res.initial, "best_epoch": res.best_epoch,
             "best_val_acc": res.best_val_acc, "best_val_loss": res.best_val_loss,
             "best_state": subset(res.best_state, self.mode.best_keys),
+            **({"scaler": self.amp.scaler.state_dict()} if self.amp.scaler is not None else {}),
         }
         with atomic_path(self.resume.path) as tmp:
             with open(tmp, "wb") as f:  # file object: the bytes do not depend on the temp name
@@ -233,6 +244,8 @@ class _Loop:
         for g, st in zip(self.gens, saved["gens"]):
             g.set_state(st)
         torch.set_rng_state(saved["torch_rng"])
+        if self.amp.scaler is not None and "scaler" in saved:
+            self.amp.scaler.load_state_dict(saved["scaler"])
         if self.mixer:
             self.mixer.rng.bit_generator.state = json.loads(saved["mixer"])
         res = self.res
@@ -259,42 +272,56 @@ class _Loop:
             res.best_state = copy.deepcopy(self.mode.keep.state_dict())
 
 
-def _train_step(mode: _Mode, x: torch.Tensor, t: torch.Tensor, loss_fn: nn.Module, opt: torch.optim.Optimizer,
-                mixer: Mixer | None) -> tuple[float, float]:
-    """One optimiser step (with optional mixup/cutmix and gradient clipping); returns (loss sum, correct)."""
+def _loss(mode: _Mode, x: torch.Tensor, t: torch.Tensor, loss_fn: nn.Module,
+          mixer: Mixer | None) -> tuple[torch.Tensor, float]:
+    """The mean loss of a batch (with optional mixup/cutmix) and its number of correct predictions."""
     if mixer is not None:
         x, ta, tb, lam = mixer(x, t)
-        logits = mode.logits(x)
+        logits = mode.logits(x).float()  # a no-op in fp32; fp32 logits and loss under autocast
         loss = lam * loss_fn(logits, ta) + (1.0 - lam) * loss_fn(logits, tb)
         pred = logits.argmax(1)
-        correct = lam * float((pred == ta).sum()) + (1.0 - lam) * float((pred == tb).sum())
-    else:
-        logits = mode.logits(x)
-        loss = loss_fn(logits, t)
-        correct = float((logits.argmax(1) == t).sum())
+        return loss, lam * float((pred == ta).sum()) + (1.0 - lam) * float((pred == tb).sum())
+    logits = mode.logits(x).float()
+    return loss_fn(logits, t), float((logits.argmax(1) == t).sum())
+
+
+def _train_step(mode: _Mode, x: torch.Tensor, t: torch.Tensor, loss_fn: nn.Module, opt: torch.optim.Optimizer,
+                mixer: Mixer | None, amp: parallel.Amp, n_batch: int) -> tuple[float, float]:
+    """One optimiser step (optional mixup/cutmix, gradient clipping); returns (loss sum, correct) of `t`.
+    Under torchrun `t` is this rank's share of a batch of `n_batch`: its loss is weighted by that share and
+    the gradients are summed over ranks, so the step is the one-process step of the whole batch."""
     opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if mode.ph.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(mode.trainable, mode.ph.grad_clip)
-    opt.step()
-    return loss.item() * len(t), correct
+    l_sum, correct = 0.0, 0.0
+    if len(t):
+        with amp.autocast():
+            loss, correct = _loss(mode, x, t, loss_fn, mixer)
+        l_sum = loss.item() * len(t)
+        amp.backward(loss if len(t) == n_batch else loss * (len(t) / n_batch))
+    parallel.all_reduce_grads(mode.trainable)
+    amp.step(opt, mode.trainable, mode.phase.grad_clip)
+    return l_sum, correct
 
 
 def _epoch(loop: _Loop, epoch: int, y: torch.Tensor, loss_fn: nn.Module, opt: torch.optim.Optimizer,
            sched: Schedule) -> dict[str, float]:
     """One pass over the training set in a seeded order; the epoch's record after validation."""
-    mode, ph = loop.mode, loop.mode.ph
-    steps = range(0, len(y), ph.batch_size)
+    mode, phase = loop.mode, loop.mode.phase
+    steps = range(0, len(y), phase.batch_size)
     order = torch.randperm(len(y), generator=loop.gens[0])
     tot, correct = 0.0, 0.0
     mode.train_mode()
     lr = opt.param_groups[0]["lr"]
-    for i in progress.bar(steps, f"epoch {epoch}/{ph.epochs}", unit="batches", leave=False, summary=False):
-        idx = order[i : i + ph.batch_size]
-        l_sum, c = _train_step(mode, mode.inputs(idx, loop.gens[0]), y[idx], loss_fn, opt, loop.mixer)
+    pick = parallel.shard()  # this rank's part of each batch (all of it in one process)
+    for i in progress.bar(steps, f"epoch {epoch}/{phase.epochs}", unit="batches", leave=False, summary=False):
+        idx = order[i : i + phase.batch_size]
+        with loop.amp.autocast():
+            x = mode.inputs(idx, loop.gens[0], pick)
+        l_sum, c = _train_step(mode, x, y[idx[pick]], loss_fn, opt, loop.mixer, loop.amp, len(idx))
         tot, correct = tot + l_sum, correct + c
         sched.batch_done()
-    vl, va = mode.validate(loop.vy, loss_fn)
+    tot, correct = parallel.sums(tot, correct, device=loop.amp.device)
+    parallel.sync_buffers(mode.keep)
+    vl, va = loop.validate(loss_fn)
     sched.epoch_done(vl)
     return {"epoch": epoch, "train_loss": tot / len(y), "train_acc": correct / len(y), "val_loss": vl,
             "val_acc": va, "lr": lr}
@@ -302,46 +329,52 @@ def _epoch(loop: _Loop, epoch: int, y: torch.Tensor, loss_fn: nn.Module, opt: to
 
 def _epochs(loop: _Loop, saved: dict[str, Any] | None, y: torch.Tensor, hook: EpochHook | None) -> None:
     """Epochs from the start (or the resume file), keep rule, early stopping, resume files."""
-    ph = loop.mode.ph
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=ph.label_smoothing)
-    opt = make_optimizer(loop.mode.param_groups(), ph)
-    sched = Schedule(opt, ph, len(range(0, len(y), ph.batch_size)))
+    phase = loop.mode.phase
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=phase.label_smoothing)
+    opt = make_optimizer(loop.mode.param_groups(), phase)
+    sched = Schedule(opt, phase, len(range(0, len(y), phase.batch_size)))
     if saved:
         loop.restore(saved, opt, sched, hook)
     else:
-        loop.start(*loop.mode.validate(loop.vy, loss_fn))
-    for epoch in range(int(saved["epoch"]) + 1 if saved else 1, ph.epochs + 1):
+        loop.start(*loop.validate(loss_fn))
+    for epoch in range(int(saved["epoch"]) + 1 if saved else 1, phase.epochs + 1):
         rec = _epoch(loop, epoch, y, loss_fn, opt, sched)
         loop.keep(rec)
         if hook:
             hook(rec)
-        stop = ph.early_stopping > 0 and epoch - loop.res.best_epoch >= ph.early_stopping
-        loop.save(epoch, stop or epoch == ph.epochs, opt, sched)
+        stop = phase.early_stopping > 0 and epoch - loop.res.best_epoch >= phase.early_stopping
+        loop.save(epoch, stop or epoch == phase.epochs, opt, sched)
         if stop:
-            print(f"early stopping after epoch {epoch}: no better validation for {ph.early_stopping} epochs",
+            print(f"early stopping after epoch {epoch}: no better validation for {phase.early_stopping} epochs",
                   flush=True)
             break
 
 
-def fit(net: models.Net, train: Data, valid: Data, ph: Phase, pp: Preproc, augment: dict[str, Any],
-        hook: EpochHook | None = None, resume: Resume | None = None) -> FitResult:
-    """Train per `ph`: head only on cached features when unfreeze_blocks is 0, else partial fine-tuning.
-    `augment` is the params section of that name; `resume` where progress is saved (None: not saved)."""
-    net.to(pp.device)
-    if pp.channels_last:
+def fit(net: models.Net, train: Data, valid: Data, phase: Phase, prep: Preproc, augment: dict[str, Any],
+        hook: EpochHook | None = None, resume: Resume | None = None, precision: str = "fp32") -> FitResult:
+    """Train per `phase`: head only on cached features when unfreeze_blocks is 0, else partial fine-tuning.
+    `augment` is the params section of that name; `resume` where progress is saved (None: not saved);
+    `precision` train.precision (see parallel). Under torchrun every rank calls it alike (see parallel)."""
+    amp = parallel.Amp(precision, prep.device)
+    net.to(prep.device)
+    if prep.channels_last:
         to_channels_last(net)
-    mode = (_HeadMode if ph.unfreeze_blocks == 0 else _PartialMode)(net, ph)
-    fp = fingerprint(mode.kind, ph, pp, augment, net.state_dict(), train.images, train.targets, valid.images,
-                     valid.targets, torch.get_rng_state())
-    tf = make_augment(augment, _generator(), pp.size)
+    mode = (_HeadMode if phase.unfreeze_blocks == 0 else _PartialMode)(net, phase)
+    parallel.sync_rng()
+    extra = ([precision] if precision != "fp32" else []) + ([parallel.world()] if parallel.world() > 1 else [])
+    fp = fingerprint(mode.kind, phase, prep, augment, net.state_dict(), train.images, train.targets, valid.images,
+                     valid.targets, torch.get_rng_state(), *extra)
+    tf = make_augment(augment, _generator(), prep.size)
     gen = _generator()
-    mixer = Mixer(ph, int(torch.randint(0, 2**31 - 1, (1,)).item())) if ph.mixup_alpha or ph.cutmix_alpha else None
-    loop, saved = _Loop(mode, [gen, tf.gen], mixer, fp, resume), read(resume, fp)
+    mixer = Mixer(phase, int(torch.randint(0, 2**31 - 1, (1,)).item())) if phase.mixup_alpha or phase.cutmix_alpha else None
+    loop = _Loop(mode, [gen, tf.gen], mixer, fp, resume, amp=amp)
+    saved = parallel.from_main(read(resume, fp) if parallel.is_main() else None)
     if saved and saved.get("done"):  # the phase had finished: restore its end state, recompute nothing
         loop.restore(saved, None, None, hook)
     else:
-        mode.build(train, valid, pp, tf)
-        loop.vy = valid.targets.to(pp.device)
-        _epochs(loop, saved, train.targets.to(pp.device), hook)
+        with amp.autocast():
+            mode.build(train, valid, prep, tf)
+        loop.vy = valid.targets.to(prep.device)
+        _epochs(loop, saved, train.targets.to(prep.device), hook)
     mode.finish(loop.res)
     return loop.res

@@ -16,8 +16,8 @@ class Mixer:
     When both alphas are set, each batch picks one of the two at random. CutMix needs a spatial map; on
     pooled features (head phases) it mixes like mixup with the cutmix alpha."""
 
-    def __init__(self, ph: Phase, seed: int):
-        self.mixup, self.cutmix = ph.mixup_alpha, ph.cutmix_alpha
+    def __init__(self, phase: Phase, seed: int):
+        self.mixup, self.cutmix = phase.mixup_alpha, phase.cutmix_alpha
         self.rng = np.random.default_rng(seed)
 
     @property

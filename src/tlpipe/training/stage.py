@@ -6,7 +6,7 @@ models/<name>_last.pt, metrics/<name>.json, plots/<name>.csv and plots/<name>.pn
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,8 +19,12 @@ from ..evaluation import plots
 from ..evaluation.calibration import fit_temperature
 from ..inference import Preproc, predict_logits
 from ..runtime import resolve_device, set_seed
+from . import parallel
 from .loop import FitResult, better, fit
 from .resume import Resume
+
+
+HEADLINE = ("best_epoch", "best_val_acc", "best_val_loss")  # metrics/<name>.json, of `summary`'s keys
 
 
 @dataclass(frozen=True)
@@ -41,13 +45,13 @@ def preproc(model: dict[str, Any], device: str) -> Preproc:
     """Training-time preprocessing from the `model` params section."""
     spec = models.spec(model["backbone"])
     return Preproc(spec.mean, spec.std, model["input_size"], resolve_device(device), model["channels_last"],
-                   model["inference_batch_size"])
+                   model["inference_batch_size"], model["input_norm"])
 
 
-def meta_for(model: dict[str, Any], classes: list[str], pp: Preproc, extra: dict[str, Any]) -> dict[str, Any]:
+def meta_for(model: dict[str, Any], classes: list[str], prep: Preproc, extra: dict[str, Any]) -> dict[str, Any]:
     """Checkpoint metadata in primitive types: enough for predict to need nothing else."""
     return {"backbone": model["backbone"], "classes": list(classes), "input_size": model["input_size"],
-            "mean": list(pp.mean), "std": list(pp.std), **extra}
+            "mean": list(prep.mean), "std": list(prep.std), "input_norm": prep.input_norm, **extra}
 
 
 def _epoch_hook(name: str, offset: int, tracker: tracking.Tracker,
@@ -63,17 +67,20 @@ def _epoch_hook(name: str, offset: int, tracker: tracking.Tracker,
     return hook
 
 
-def run_phases(net: models.Net, phases: list[tuple[str, Phase]], train: Data, valid: Data, pp: Preproc,
+def run_phases(net: models.Net, phases: list[tuple[str, Phase]], train: Data, valid: Data, prep: Preproc,
                augment: dict[str, Any], tracker: tracking.Tracker,
-               resume: Callable[[str], Resume | None] = lambda name: None) -> tuple[FitResult, list[dict[str, Any]]]:
+               resume: Callable[[str], Resume | None] = lambda name: None,
+               precision: str = "fp32") -> tuple[FitResult, list[dict[str, Any]]]:
     """Run phases in order (each starts from the previous one's best); history numbered across phases.
-    `resume(phase name)` says where that phase keeps its resume file (None: no resuming)."""
+    `resume(phase name)` says where that phase keeps its resume file (None: no resuming); `precision`
+    train.precision."""
     history: list[dict[str, Any]] = []
     best = FitResult()
     offset = 0
     for name, phase in phases:
         t0 = time.perf_counter()
-        res = fit(net, train, valid, phase, pp, augment, _epoch_hook(name, offset, tracker, history), resume(name))
+        res = fit(net, train, valid, phase, prep, augment, _epoch_hook(name, offset, tracker, history), resume(name),
+                  precision)
         tracker.metrics({f"{name}_seconds": time.perf_counter() - t0})
         best_epoch = res.best_epoch + offset if res.best_epoch else best.best_epoch
         if not best.best_state or better(res.best_val_acc, res.best_val_loss, best):
@@ -85,13 +92,14 @@ def run_phases(net: models.Net, phases: list[tuple[str, Phase]], train: Data, va
     return best, history
 
 
-def temperature(net: models.Net, valid: Data, pp: Preproc) -> float:
+def temperature(net: models.Net, valid: Data, prep: Preproc) -> float:
     """Temperature scaling fitted on the validation split."""
-    return fit_temperature(predict_logits(net, valid.images, pp), valid.targets)
+    return fit_temperature(predict_logits(net, valid.images, prep), valid.targets)
 
 
 def summary(res: FitResult, history: list[dict[str, Any]], t_best: float) -> dict[str, Any]:
-    """metrics/<name>.json: which epoch was kept, its validation scores, the last epoch's, the temperature."""
+    """What the stage logs to MLflow: which epoch was kept, its validation scores, the last epoch's, the
+    temperature (metrics/<name>.json keeps the HEADLINE keys)."""
     last = history[-1] if history else None
     return {"best_epoch": res.best_epoch, "best_val_acc": round(res.best_val_acc, 6),
             "best_val_loss": round(res.best_val_loss, 6), "epochs": len(history),
@@ -101,18 +109,18 @@ def summary(res: FitResult, history: list[dict[str, Any]], t_best: float) -> dic
 
 
 def save_training(out: Outputs, net: models.Net, meta: dict[str, Any], res: FitResult,
-                  history: list[dict[str, Any]], valid: Data, pp: Preproc, tracker: tracking.Tracker) -> None:
+                  history: list[dict[str, Any]], valid: Data, prep: Preproc, tracker: tracking.Tracker) -> None:
     """Best and last checkpoints (with their fitted temperature), metrics JSON, curves; all logged to MLflow."""
     net.load_state_dict(res.last_state)
     checkpoint.save(out.checkpoint(last=True), net,
-                    {**meta, "epoch": len(history), "temperature": temperature(net, valid, pp)})
+                    {**meta, "epoch": len(history), "temperature": temperature(net, valid, prep)})
     net.load_state_dict(res.best_state)
-    t_best = temperature(net, valid, pp)
+    t_best = temperature(net, valid, prep)
     checkpoint.save(out.checkpoint(), net, {**meta, "epoch": res.best_epoch, "temperature": t_best})
     values = summary(res, history, t_best)
     metrics_path, curves_csv, curves_png = out.metrics / f"{out.name}.json", out.plots / f"{out.name}.csv", \
         out.plots / f"{out.name}.png"
-    write_json(metrics_path, values)
+    write_json(metrics_path, {k: values[k] for k in HEADLINE})  # the rest: MLflow (and the checkpoint's meta)
     plots.write_history_csv(curves_csv, history)
     plots.curves_png(curves_png, history, f"{out.name}: loss and accuracy per epoch", res.best_epoch)
     tracker.metrics(values)
@@ -122,23 +130,33 @@ def save_training(out: Outputs, net: models.Net, meta: dict[str, Any], res: FitR
 
 def train(stage: str, out: Outputs, params: dict[str, Any], split: SplitDir, phases: list[tuple[str, Phase]],
           init: Callable[[list[str]], models.Net]) -> FitResult:
-    """A whole training stage: seed, data, one MLflow run, the phases in order, and the stage's outputs."""
+    """A whole training stage: seed, data, one MLflow run, the phases in order, and the stage's outputs.
+    train.distributed: a plain process re-runs its command under torchrun and exits (parallel.relaunch);
+    under torchrun every rank trains, rank 0 alone logs to MLflow and writes (see parallel)."""
+    parallel.relaunch(params)
     set_seed(params["seed"], params["device"])
     classes = split.classes()
-    pp = preproc(params["model"], params["device"])
+    prep = preproc(params["model"], params["device"])
+    precision = params["train"]["precision"]
+    parallel.check_precision(precision, prep.device)  # fp16 on the CPU fails here, before any work
     augment = params["augment"]
     if augment["engine"] == "v2":
         transforms.build_v2(augment["v2"])  # a bad op fails here, before any work
     every = params["train"]["checkpoint_every"]
     resume = (lambda phase: Resume(out.resume / f"{out.name}-{phase}.pt", every)) if params["train"]["resume"] \
         else (lambda phase: None)
-    with tracking.stage_run(stage, params, params["tracking"]["experiment"]) as tracker:
+    with parallel.group(prep.device) as device, \
+            parallel.stage_run(stage, params, params["tracking"]["experiment"]) as tracker:
+        prep = replace(prep, device=device)  # under torchrun on CUDA: this rank's GPU
         net = init(classes)
         net.dropout.p = float(params["model"]["head_dropout"])
-        train_data, valid = split.data("train", classes, pp.size), split.data("valid", classes, pp.size)
-        res, history = run_phases(net, phases, train_data, valid, pp, augment, tracker, resume)
-        meta = meta_for(params["model"], classes, pp, {"stage": stage})
-        save_training(out, net, meta, res, history, valid, pp, tracker)
+        train_data, valid = split.data("train", classes, prep.size), split.data("valid", classes, prep.size)
+        res, history = run_phases(net, phases, train_data, valid, prep, augment, tracker, resume, precision)
+        if not parallel.is_main():
+            return res
+        extra = {"stage": stage, **({"roi_crop": True} if params["data"].get("roi_crop") else {}),  # crops in
+                 **({"precision": precision} if precision != "fp32" else {})}  # fp32 checkpoints stay as they were
+        save_training(out, net, meta_for(params["model"], classes, prep, extra), res, history, valid, prep, tracker)
     for f in out.resume.glob(f"{out.name}-*.pt"):  # outputs are complete: progress files are no longer needed
         f.unlink()
     print(f"{stage}: best epoch {res.best_epoch}, val_acc {res.best_val_acc:.4f} -> {out.checkpoint()}, "

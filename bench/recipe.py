@@ -1,0 +1,142 @@
+"""Choose a recipe on validation, never on test: train head + finetune in-process for each candidate, then
+score the validation split (accuracy with a 95% group-bootstrap interval, the confusions) and the robustness
+report on it (white balance, exposure, blur, noise ... at 3 severities).
+
+    python bench/recipe.py --repo DIR [--candidate name:key=value,key=value ...] [--folds K]
+
+DIR is a pipeline checkout whose split and decode stages have run (`dvc repro decode@split`); its
+params.yaml is the base every candidate overrides (dotted keys, YAML values). With --folds K each candidate
+is also cross-validated over the train + valid tracks (group k-fold, as `split.folds`). Prints one table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from tlpipe import models  # noqa: E402
+from tlpipe.config.phases import Phase  # noqa: E402
+from tlpipe.data.folds import fold_indices  # noqa: E402
+from tlpipe.data.splitdir import Data, SplitDir  # noqa: E402
+from tlpipe.evaluation import bootstrap, robustness  # noqa: E402
+from tlpipe.inference import Preproc, predict_logits  # noqa: E402
+from tlpipe.runtime import set_seed  # noqa: E402
+from tlpipe.training.loop import fit  # noqa: E402
+
+
+def override(params: dict, sets: list[str]) -> dict:
+    out = yaml.safe_load(yaml.safe_dump(params))
+    for kv in sets:
+        key, value = kv.split("=", 1)
+        node = out
+        *parents, last = key.split(".")
+        for k in parents:
+            node = node[k]
+        node[last] = yaml.safe_load(value)
+    return out
+
+
+def phase(params: dict, name: str) -> Phase:
+    """A phase's settings: the shared `train` section (when the params have one) overlaid with the phase's."""
+    section = dict(params[name])
+    shared = {k: v for k, v in params.get("train", {}).items() if k not in ("resume", "checkpoint_every")}
+    merged = {**shared, **section}
+    if "lr" not in section and "lr_scale" in merged:
+        merged["lr"] = shared["lr"] * merged["lr_scale"]
+    return Phase.from_params(merged)
+
+
+def train(params: dict, train_data: Data, valid: Data, n_classes: int, prep: Preproc) -> models.Net:
+    """train_head then finetune, as the stages run them (seeded before each, as each stage process is)."""
+    set_seed(params["seed"], "cpu")
+    net = models.build(params["model"]["backbone"], n_classes, params["model"]["weights"] == "imagenet")
+    head = fit(net, train_data, valid, phase(params, "train_head"), prep, params["augment"])
+    set_seed(params["seed"], "cpu")
+    tuned = models.build(params["model"]["backbone"], n_classes, False)
+    tuned.load_state_dict(head.best_state)
+    res = fit(tuned, train_data, valid, phase(params, "finetune"), prep, params["augment"])
+    tuned.load_state_dict(res.best_state)
+    return tuned
+
+
+def preproc(params: dict) -> Preproc:
+    spec, model = models.spec(params["model"]["backbone"]), params["model"]
+    return Preproc(spec.mean, spec.std, model["input_size"], torch.device("cpu"), True,
+                   model["inference_batch_size"], model.get("input_norm", "none"))
+
+
+def score(params: dict, split: SplitDir, classes: list[str]) -> dict:
+    prep = preproc(params)
+    train_data, valid = split.data("train", classes, prep.size), split.data("valid", classes, prep.size)
+    t0 = time.perf_counter()
+    net = train(params, train_data, valid, len(classes), prep)
+    seconds = time.perf_counter() - t0
+    pred = predict_logits(net, valid.images, prep).argmax(1).numpy()
+    target = valid.targets.numpy()
+    groups = np.array([r["group"] for r in split.rows("valid")])
+    lo_hi = bootstrap.group_bootstrap(groups, bootstrap.accuracy(pred == target), 1000, params["seed"])
+    rob = robustness.report(net, valid.images, valid.targets, prep, params["seed"])
+    wrong = {(classes[t], classes[p]): int(((target == t) & (pred == p)).sum())
+             for t in range(len(classes)) for p in range(len(classes)) if t != p}
+    return {"acc": float((pred == target).mean()), "ci": lo_hi, "rob": rob, "seconds": seconds,
+            "confusions": {f"{a}->{b}": n for (a, b), n in wrong.items() if n}}
+
+
+def cross_validate(params: dict, split: SplitDir, classes: list[str], k: int) -> list[float]:
+    """Accuracy of each of k group folds over the train + valid rows (test never touched)."""
+    prep = preproc(params)
+    parts = [split.data(s, classes, prep.size) for s in ("train", "valid")]
+    pool = Data(torch.cat([p.images for p in parts]), torch.cat([p.targets for p in parts]))
+    rows = split.rows("train") + split.rows("valid")
+    accs = []
+    for tr, va in fold_indices(rows, k, params["seed"]):
+        a, b = torch.tensor(tr), torch.tensor(va)
+        fold_train, fold_valid = Data(pool.images[a], pool.targets[a]), Data(pool.images[b], pool.targets[b])
+        net = train(params, fold_train, fold_valid, len(classes), prep)
+        pred = predict_logits(net, fold_valid.images, prep).argmax(1)
+        accs.append(float((pred == fold_valid.targets).float().mean()))
+    return accs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repo", type=Path, required=True)
+    ap.add_argument("--candidate", action="append", default=[], help="name:key=value,key=value")
+    ap.add_argument("--folds", type=int, default=0, help="also cross-validate each candidate over k group folds")
+    ap.add_argument("--no-base", action="store_true", help="skip the base params as a candidate")
+    args = ap.parse_args()
+    base = yaml.safe_load((args.repo / "params.yaml").read_text())
+    split = SplitDir(args.repo / "data/split", args.repo / "data/raw", args.repo / "data/cache/split")
+    classes = split.classes()
+    candidates = ([] if args.no_base else [("base", [])]) + [(c.split(":", 1)[0], c.split(":", 1)[1].split(",")) for c in args.candidate]
+    rows = []
+    for name, sets in candidates:
+        params = override(base, sets)
+        r = score(params, split, classes)
+        if args.folds:
+            accs = cross_validate(params, split, classes, args.folds)
+            r["folds"] = accs
+            print(f"{name}: {args.folds}-fold accuracy {np.mean(accs):.4f} +- {np.std(accs):.4f} {accs}", flush=True)
+        rows.append((name, sets, r))
+        cols = ("white_balance", "hue", "brightness", "contrast", "overexposure", "noise", "motion_blur")
+        print(f"{name}: valid acc {r['acc']:.4f} [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}], robust mean "
+              f"{r['rob']['mean']:.4f}, worst {r['rob']['worst']}, " +
+              ", ".join(f"{c} {r['rob']['corruptions'][c]['mean']:.3f}" for c in cols) +
+              f", {r['seconds']:.0f} s, wrong {r['confusions']}", flush=True)
+    print("\n| candidate | overrides | valid accuracy [95% group CI] | corrupted mean | white balance | "
+          "over-exposure | worst cell | fold accuracy mean ± sd | train s |\n|---|---|---|---:|---:|---:|---|---|---:|")
+    for name, sets, r in rows:
+        c, w = r["rob"]["corruptions"], r["rob"]["worst"]
+        folds = f"{np.mean(r['folds']):.4f} ± {np.std(r['folds']):.4f}" if r.get("folds") else "-"
+        print(f"| {name} | {' '.join(sets) or '(preset)'} | {r['acc']:.4f} [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}] | "
+              f"{r['rob']['mean']:.4f} | {c['white_balance']['mean']:.4f} | {c['overexposure']['mean']:.4f} | "
+              f"{w['corruption']} s{w['severity']} {w['accuracy']:.3f} | {folds} | {r['seconds']:.0f} |")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Seeded group bootstrap: percentile intervals of test metrics, resampling whole groups (GTSRB tracks).
+
+The frames of one track are near copies: resampling images one by one would count 30 frames as 30
+independent draws and give intervals far too narrow. Each resample draws as many groups as there are,
+with replacement; a group drawn k times weighs k. Every statistic is a function of the (resamples,
+groups) count matrix, so 1,000 resamples cost a few matrix products, not 1,000 metric calls."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..errors import PipelineError
+
+Interval = tuple[float, float]
+AUROC_CHUNK = 100  # resamples whose per-image weights are held at once (memory: chunk x images)
+
+
+@dataclass(frozen=True)
+class Resamples:
+    """n resamples of the groups: counts[r, g] = how often resample r drew group g; codes[i] = image i's group."""
+
+    counts: np.ndarray  # (resamples, groups) int
+    codes: np.ndarray  # (images,) int
+
+    def totals(self, per_image: np.ndarray) -> np.ndarray:
+        """Per resample, the weighted sum of each column of `per_image` (images, k): (resamples, k)."""
+        per_group = np.zeros((self.counts.shape[1], per_image.shape[1]))
+        np.add.at(per_group, self.codes, per_image)
+        return self.counts @ per_group
+
+    def image_weights(self, rows: slice = slice(None)) -> np.ndarray:
+        """(resamples, images) weights of the resamples `rows`: how often each image's group was drawn."""
+        return self.counts[rows][:, self.codes].astype(np.float64)
+
+
+Statistic = Callable[[Resamples], np.ndarray]  # one value per resample; NaN where undefined (skipped)
+
+
+def resample_groups(groups: np.ndarray, n: int, seed: int) -> Resamples:
+    """n seeded resamples of the distinct values of `groups` (one per image), with replacement."""
+    groups = np.asarray(groups)
+    if groups.ndim != 1 or len(groups) == 0:
+        raise PipelineError(f"bootstrap: groups must be a non-empty 1-D array, got shape {groups.shape}")
+    if n < 1:
+        raise PipelineError(f"bootstrap: resamples must be >= 1, got {n}")
+    names, codes = np.unique(groups, return_inverse=True)
+    n_groups = len(names)
+    draws = np.random.default_rng(seed).integers(0, n_groups, size=(n, n_groups))
+    flat = (draws + np.arange(n)[:, None] * n_groups).ravel()
+    counts = np.bincount(flat, minlength=n * n_groups).reshape(n, n_groups)
+    return Resamples(counts, codes.ravel())
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> Interval | None:
+    """The central `level` percentile interval of the finite values (None: none is finite)."""
+    if not 0.0 < level < 1.0:
+        raise PipelineError(f"bootstrap: level must be in (0, 1), got {level}")
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return None
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.percentile(finite, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def group_bootstrap(groups: np.ndarray, statistic: Statistic, n: int, seed: int,
+                    level: float = 0.95) -> Interval | None:
+    """Percentile interval of `statistic` over n seeded group resamples (None: undefined in every one)."""
+    return percentile_interval(statistic(resample_groups(groups, n, seed)), level)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, NaN where den is 0."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def accuracy(correct: np.ndarray) -> Statistic:
+    """Share of right predictions per resample; `correct` is one bool per image."""
+    columns = np.stack([np.asarray(correct, dtype=np.float64), np.ones(len(correct))], axis=1)
+    return lambda res: _ratio(*res.totals(columns).T)
+
+
+def class_tallies(target: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(images, 3 * classes): one-hot true class, one-hot predicted class, one-hot true positive."""
+    eye = np.eye(n_classes)
+    truth, guess = eye[np.asarray(target)], eye[np.asarray(pred)]
+    return np.concatenate([truth, guess, truth * guess], axis=1)
+
+
+def per_class_recall(target: np.ndarray, pred: np.ndarray, n_classes: int) -> Callable[[Resamples], np.ndarray]:
+    """(resamples, classes) recall; NaN where a resample holds no image of the class."""
+    tallies = class_tallies(target, pred, n_classes)
+
+    def recall(res: Resamples) -> np.ndarray:
+        truth, _, hits = np.split(res.totals(tallies), 3, axis=1)
+        return _ratio(hits, truth)
+    return recall
+
+
+def macro_f1(target: np.ndarray, pred: np.ndarray, n_classes: int) -> Statistic:
+    """Macro-F1 over all `n_classes` labels per resample (a class never true nor predicted scores 0,
+    as scikit-learn's f1_score(labels=..., zero_division=0))."""
+    tallies = class_tallies(target, pred, n_classes)
+
+    def f1(res: Resamples) -> np.ndarray:
+        truth, guess, hits = np.split(res.totals(tallies), 3, axis=1)
+        return np.nan_to_num(_ratio(2 * hits, truth + guess)).mean(axis=1)
+    return f1
+
+
+def weighted_auroc(weights: np.ndarray, is_known: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """AUROC of `score` for known vs unknown under each row of `weights` (rows, images): the weighted
+    Mann-Whitney statistic, ties counting half (= roc_auc_score with sample_weight). NaN: a side is empty."""
+    order = np.argsort(score, kind="stable")
+    ranked, known = np.asarray(score)[order], np.asarray(is_known, dtype=bool)[order]
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])  # one bin per distinct score
+    w = weights[:, order]
+    known_w = np.add.reduceat(w * known, starts, axis=1)
+    unknown_w = np.add.reduceat(w * ~known, starts, axis=1)
+    below = np.cumsum(unknown_w, axis=1) - unknown_w
+    wins = (known_w * (below + 0.5 * unknown_w)).sum(axis=1)
+    return _ratio(wins, known_w.sum(axis=1) * unknown_w.sum(axis=1))
+
+
+def auroc(is_known: np.ndarray, score: np.ndarray) -> Statistic:
+    """Open-set AUROC (known = positive) per resample; resamples without known or unknown images are NaN."""
+    def per_resample(res: Resamples) -> np.ndarray:
+        n = len(res.counts)
+        return np.concatenate([weighted_auroc(res.image_weights(slice(i, i + AUROC_CHUNK)), is_known, score)
+                               for i in range(0, n, AUROC_CHUNK)])
+    return per_resample
+
+
+def closed_set_intervals(target: np.ndarray, pred: np.ndarray, groups: np.ndarray, n_classes: int, n: int,
+                         seed: int, level: float = 0.95) -> dict[str, object]:
+    """Accuracy, macro-F1 and per-class recall intervals over one shared set of group resamples."""
+    res = resample_groups(groups, n, seed)
+    recall = per_class_recall(target, pred, n_classes)(res)
+    return {"accuracy": percentile_interval(accuracy(np.asarray(target) == np.asarray(pred))(res), level),
+            "macro_f1": percentile_interval(macro_f1(target, pred, n_classes)(res), level),
+            "recall": [percentile_interval(recall[:, c], level) for c in range(n_classes)]}
+
+
+def groups_per_class(labels: Sequence[str] | np.ndarray, groups: Sequence[str] | np.ndarray) -> dict[str, int]:
+    """Distinct groups of each label: the number of independent draws an interval really rests on."""
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    if labels.shape != groups.shape:
+        raise PipelineError(f"bootstrap: {len(labels)} labels but {len(groups)} groups")
+    return {str(label): int(len(np.unique(groups[labels == label]))) for label in np.unique(labels)}

@@ -1,0 +1,97 @@
+"""The robustness stage's body: closed-set test accuracy of one checkpoint under seeded corruptions
+(evaluation.robustness), written as a metrics file, DVC plot data and a figure, logged to its own MLflow run.
+
+Measured on exactly the rows evaluate's closed-set metrics use (evaluation.stage.closed_set): the known test
+images, plus the seen-unknown ones for a model with an `unknown` class."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import checkpoint, tracking
+from ..atomic import atomic_path, write_json
+from ..data.splitdir import SplitDir
+from ..inference import preproc_from_meta
+from ..runtime import set_seed
+from . import robustness
+from .plots import _pyplot, _save
+from .stage import closed_set, score_split
+
+
+def outputs(name: str, metrics: Path = Path("metrics"), plots: Path = Path("plots")) -> dict[str, Path]:
+    """Where the stage writes for the model `name`."""
+    return {"metrics": metrics / f"robustness_{name}.json", "csv": plots / f"robustness_{name}.csv",
+            "png": plots / f"robustness_{name}.png"}
+
+
+def write_csv(path: Path, result: dict[str, Any]) -> None:
+    """One row per (corruption, severity): corruption,severity,accuracy,case (case labels a bar in DVC plots)."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["corruption", "severity", "accuracy", "case"])
+        for name, row in result["corruptions"].items():
+            for s in robustness.SEVERITIES:
+                w.writerow([name, s, f"{row[str(s)]:.6f}", f"{name} s{s}"])
+
+
+def figure(path: Path, result: dict[str, Any], title: str) -> None:
+    """Grouped horizontal bars, corruption x severity accuracy, the clean and mean accuracy as lines."""
+    plt = _pyplot()
+    names = list(result["corruptions"])
+    fig, ax = plt.subplots(figsize=(7.5, 1.5 + 0.45 * len(names)), dpi=110)
+    y = np.arange(len(names))[::-1]
+    colours = ("#9ecae1", "#4292c6", "#08519c")
+    for k, s in enumerate(robustness.SEVERITIES):
+        acc = [result["corruptions"][n][str(s)] for n in names]
+        ax.barh(y + (1 - k) * 0.27, acc, height=0.27, color=colours[k], label=f"severity {s}")
+    ax.axvline(result["clean"], color="black", lw=1.5, label=f"clean {result['clean']:.3f}")
+    ax.axvline(result["mean"], color="#d62728", lw=1.2, ls="--", label=f"corrupted mean {result['mean']:.3f}")
+    ax.set_yticks(y, names)
+    ax.set_xlim(0, 1.0)
+    ax.set_xlabel("accuracy")
+    w = result["worst"]
+    ax.set_title(f"{title}\nworst: {w['corruption']} severity {w['severity']} ({w['accuracy']:.3f})", fontsize=10)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=5, fontsize=8, frameon=False)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def subset(images: torch.Tensor, targets: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random `n` of the images, in their order (n = 0 or n >= all: every image)."""
+    if not 0 < n < len(images):
+        return images, targets
+    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return images[idx], targets[idx]
+
+
+def run(model: Path, split: SplitDir, name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The whole stage for one checkpoint: closed-set test rows, corrupted passes, outputs, one MLflow run."""
+    set_seed(params["seed"], params["device"])
+    out = outputs(name)
+    with tracking.stage_run(f"robustness_{name}", params, params["tracking"]["experiment"]) as tracker:
+        net, meta = checkpoint.restore(model)
+        pp = preproc_from_meta(meta, params["device"], params["model"]["channels_last"], params["evaluate"]["batch_size"])
+        net.to(pp.device)
+        test = score_split(net, split, "test", meta["classes"], set(split.info().get("holdout_ids", [])), pp)
+        keep = closed_set(test, meta["classes"])
+        images, targets = subset(split.images("test", pp.size)[torch.from_numpy(keep)], test.target[keep],
+                                 params["robustness"]["max_images"], params["seed"])
+        start = time.perf_counter()
+        result = robustness.report(net, images, targets, pp, params["seed"], params["robustness"]["corruptions"])
+        seconds = time.perf_counter() - start
+        write_json(out["metrics"], result)
+        write_csv(out["csv"], result)
+        figure(out["png"], result, f"{name} model: test accuracy under corruptions (n={len(targets)})")
+        tracker.metrics(result, prefix="robustness_")
+        for f in (out["metrics"], out["csv"], out["png"]):
+            tracker.artifact(f)
+    w = result["worst"]
+    print(f"robustness {name}: clean {result['clean']:.4f}, corrupted mean {result['mean']:.4f}, worst "
+          f"{w['corruption']} s{w['severity']} {w['accuracy']:.4f} ({seconds:.1f} s) -> {out['metrics']}")
+    return result

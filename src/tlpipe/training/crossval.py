@@ -1,0 +1,124 @@
+"""Group k-fold cross-validation of the known-class model (split.folds > 0), on the train + valid rows.
+
+Each fold trains as the pipeline does: the train_head stage (ImageNet backbone per model.weights, frozen,
+new head; seeded) and then the finetune stage (seeded again, from the head's best state), on the fold's
+train rows, keeping the best epoch on the held-out fold; the held-out fold is then scored with
+evaluation.metrics.compute. Per fold and mean/std/min/max of accuracy, macro-F1 and loss."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .. import models, tracking
+from ..atomic import write_json
+from ..config.phases import Phase
+from ..data import transforms
+from ..data.folds import fold_indices
+from ..data.manifest import Row
+from ..data.splitdir import Data, SplitDir
+from ..evaluation.metrics import compute
+from ..inference import Preproc, predict_logits
+from ..runtime import set_seed
+from .loop import FitResult, fit
+from .stage import preproc
+
+POOL = ("train", "valid")  # the splits folds are drawn from; test is never touched
+HEADLINE = ("accuracy", "macro_f1", "loss")
+
+
+def pooled_rows(split: SplitDir) -> list[Row]:
+    """train + valid manifest rows, train first: the order of `pooled`'s images."""
+    return [r for s in POOL for r in split.rows(s)]
+
+
+def pooled(split: SplitDir, classes: list[str], size: int) -> Data:
+    """train + valid decoded images (from the split's cache) and targets, in `pooled_rows` order."""
+    parts = [split.data(s, classes, size) for s in POOL]
+    return Data(torch.cat([p.images for p in parts]), torch.cat([p.targets for p in parts]))
+
+
+def subset(data: Data, idx: list[int]) -> Data:
+    index = torch.tensor(idx, dtype=torch.long)
+    return Data(data.images[index], data.targets[index])
+
+
+def _hook(fold: int, phase: str) -> Callable[[dict[str, float]], None]:
+    def hook(rec: dict[str, float]) -> None:
+        print(f"[fold {fold} {phase}] epoch {int(rec['epoch'])}: train_loss {rec['train_loss']:.4f} "
+              f"val_loss {rec['val_loss']:.4f} val_acc {rec['val_acc']:.4f}", flush=True)
+    return hook
+
+
+def _new_net(params: dict[str, Any], n_classes: int, pretrained: bool) -> models.Net:
+    """Seeded as a stage starts, then built (random init draws from the seeded generator)."""
+    set_seed(params["seed"], params["device"])
+    net = models.build(params["model"]["backbone"], n_classes, pretrained)
+    net.dropout.p = float(params["model"]["head_dropout"])
+    return net
+
+
+def train_fold(params: dict[str, Any], fold: int, train: Data, valid: Data, classes: list[str],
+               pp: Preproc) -> tuple[models.Net, FitResult, FitResult]:
+    """train_head then finetune on one fold, as their stages do; the net ends in finetune's best state."""
+    augment = params["augment"]
+    net = _new_net(params, len(classes), params["model"]["weights"] == "imagenet")
+    head = fit(net, train, valid, Phase.from_params(params, "train_head"), pp, augment, _hook(fold, "head"))
+    net = _new_net(params, len(classes), False)  # finetune restores the head checkpoint into a fresh net
+    net.load_state_dict(head.best_state)
+    tune = fit(net, train, valid, Phase.from_params(params, "finetune"), pp, augment, _hook(fold, "finetune"))
+    net.load_state_dict(tune.best_state)
+    return net, head, tune
+
+
+def score_fold(params: dict[str, Any], fold: int, train: Data, valid: Data, classes: list[str],
+               pp: Preproc) -> dict[str, Any]:
+    """One fold's headline metrics on its held-out part, the best epochs and the image counts."""
+    net, head, tune = train_fold(params, fold, train, valid, classes, pp)
+    m = compute(valid.targets, predict_logits(net, valid.images, pp), classes)
+    return {**{k: m[k] for k in HEADLINE}, "head_best_epoch": head.best_epoch,
+            "finetune_best_epoch": tune.best_epoch, "n_train": len(train.targets), "n_valid": len(valid.targets)}
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """mean, std (population, ddof 0), min and max over folds."""
+    a = np.asarray(values, dtype=np.float64)
+    return {"mean": round(float(a.mean()), 6), "std": round(float(a.std()), 6),
+            "min": round(float(a.min()), 6), "max": round(float(a.max()), 6)}
+
+
+def cross_validate(params: dict[str, Any], folds: list[tuple[list[int], list[int]]], data: Data,
+                   classes: list[str], pp: Preproc) -> tuple[dict[str, Any], list[float]]:
+    """Every fold (train, validation indices into `data`; see data.folds): (metrics, seconds per fold)."""
+    per_fold: dict[str, dict[str, Any]] = {}
+    seconds: list[float] = []
+    for i, (tr, va) in enumerate(folds):
+        t0 = time.perf_counter()
+        per_fold[f"fold{i}"] = score_fold(params, i, subset(data, tr), subset(data, va), classes, pp)
+        seconds.append(time.perf_counter() - t0)
+        print(f"crossval fold {i}: accuracy {per_fold[f'fold{i}']['accuracy']:.4f} "
+              f"macro_f1 {per_fold[f'fold{i}']['macro_f1']:.4f} ({seconds[-1]:.1f} s)", flush=True)
+    out: dict[str, Any] = {"folds": len(folds), "per_fold": per_fold}
+    for key in HEADLINE:
+        out[key] = spread([f[key] for f in per_fold.values()])
+    return out, seconds
+
+
+def run_stage(params: dict[str, Any], split: SplitDir, out: Path) -> dict[str, Any]:
+    """The crossval stage with folds on: data, one MLflow run, every fold, metrics/crossval.json."""
+    if params["augment"]["engine"] == "v2":
+        transforms.build_v2(params["augment"]["v2"])  # a bad op fails here, before any work
+    folds = fold_indices(pooled_rows(split), int(params["split"]["folds"]), params["seed"])  # too many: fail now
+    classes = split.classes()
+    pp = preproc(params["model"], params["device"])
+    with tracking.stage_run("crossval", params, params["tracking"]["experiment"]) as tracker:
+        values, seconds = cross_validate(params, folds, pooled(split, classes, pp.size), classes, pp)
+        write_json(out, values)
+        tracker.metrics(values)
+        tracker.metrics({f"fold{i}_seconds": s for i, s in enumerate(seconds)})
+        tracker.artifact(out)
+    return values

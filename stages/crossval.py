@@ -1,0 +1,35 @@
+"""Stage crossval: group k-fold over train + valid (split.folds > 0), each fold trained as train_head then
+finetune; per fold and mean/std/min/max to metrics/crossval.json. split.folds 0: writes {"folds": 0}."""
+
+import argparse
+from pathlib import Path
+
+import _path  # noqa: F401
+
+from tlpipe.atomic import write_json
+from tlpipe.config import params
+from tlpipe.data.splitdir import SplitDir
+from tlpipe.stage import entry
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--split", type=Path, default=Path("data/split"))
+    ap.add_argument("--cache", type=Path, default=Path("data/cache/split"))
+    ap.add_argument("--raw", type=Path, default=Path("data/raw"))
+    ap.add_argument("--out", type=Path, default=Path("metrics/crossval.json"))
+    args = ap.parse_args()
+    p = params.load()
+    if not p["split"]["folds"]:  # off: no torch, no MLflow run (the default run pays ~1 s)
+        write_json(args.out, {"folds": 0})
+        print(f"crossval: off (split.folds 0) -> {args.out}")
+        return
+    from tlpipe.training.crossval import run_stage  # torch only when folds are on
+
+    res = run_stage(p, SplitDir(args.split, args.raw, args.cache), args.out)
+    print(f"crossval: {res['folds']} folds, accuracy {res['accuracy']['mean']:.4f} ± {res['accuracy']['std']:.4f}, "
+          f"macro_f1 {res['macro_f1']['mean']:.4f} ± {res['macro_f1']['std']:.4f} -> {args.out}")
+
+
+if __name__ == "__main__":
+    entry(main)

@@ -1,0 +1,46 @@
+"""`dvc exp run -S train.lr=0.0005` on the tiny GTSRB fixture served over loopback: the one shared `train`
+section reruns every training stage (and what their models feed), nothing before them."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from _support import serve_directory
+from test_e2e import FAST, TINY_SHA, TINY_ZIP, commit, copy_repo, dvc, set_params
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not TINY_ZIP.is_file(), reason=f"fixture {TINY_ZIP} not found")]
+
+QUICK = {"evaluate.bootstrap": 20, "evaluate.baseline_size": 0, "robustness.corruptions": ["noise"],
+         "robustness.max_images": 20, "retrain.finetune.prefix_views": 1, "finetune.prefix_views": 1}
+GTSRB = {"data.dataset": "gtsrb", "data.sha256": TINY_SHA,
+         "data.known_classes": {12: "priority_road", 13: "give_way", 14: "stop", 17: "no_entry"},
+         "split.by_group": False, "unknown.classes": [1, 25], "unknown.train_images": 60,
+         "unknown.valid_images": 30, "unknown.test_images": 30, "unknown.holdout_classes": [38],
+         "unknown.holdout_test_images": 30}
+TRAINING = {"train_head", "finetune", "retrain", "evaluate@finetuned", "evaluate@retrained"}
+BEFORE_TRAINING = {"download", "split", "decode@split", "decode@split_unknown", "add_unknown_class"}
+
+
+def test_train_lr_reruns_every_training_stage_and_nothing_before(tmp_path: Path) -> None:
+    repo = copy_repo(tmp_path / "repo")
+    with serve_directory(TINY_ZIP.parent) as base:
+        set_params(repo, {**FAST, **QUICK, **GTSRB, "data.url": f"{base}/GTSRB_tiny.zip"})
+        commit(repo, "tiny gtsrb")
+        first = dvc("repro", cwd=repo)
+        assert TRAINING | BEFORE_TRAINING <= set(re.findall(r"Running stage '([^']+)'", first)), first
+        commit(repo, "results")
+        exp = dvc("exp", "run", "-S", "train.lr=0.0005", cwd=repo)
+    ran = set(re.findall(r"Running stage '([^']+)'", exp))
+    assert TRAINING <= ran, exp
+    assert not ran & BEFORE_TRAINING, ran
+    changed = json.loads(dvc("metrics", "diff", "--json", cwd=repo))
+    for path in ("metrics/head.json", "metrics/finetuned.json", "metrics/retrained.json"):
+        assert path in changed, changed  # new lr, new training curve
+    assert any(p.startswith("metrics/evaluate_") for p in changed), changed
+    shown = dvc("params", "diff", "--json", cwd=repo)
+    assert json.loads(shown)["params.yaml"]["train.lr"] == {"old": 0.001, "new": 0.0005}, shown
