@@ -43,13 +43,8 @@ def override(params: dict, sets: list[str]) -> dict:
 
 
 def phase(params: dict, name: str) -> Phase:
-    """A phase's settings: the shared `train` section (when the params have one) overlaid with the phase's."""
-    section = dict(params[name])
-    shared = {k: v for k, v in params.get("train", {}).items() if k not in ("resume", "checkpoint_every")}
-    merged = {**shared, **section}
-    if "lr" not in section and "lr_scale" in merged:
-        merged["lr"] = shared["lr"] * merged["lr_scale"]
-    return Phase.from_params(merged)
+    """A phase's settings as the stages read them (the `train` section overlaid with the phase's)."""
+    return Phase.from_params(params, name)
 
 
 def train(params: dict, train_data: Data, valid: Data, n_classes: int, prep: Preproc) -> models.Net:
@@ -71,7 +66,7 @@ def preproc(params: dict) -> Preproc:
                    model["inference_batch_size"], model.get("input_norm", "none"))
 
 
-def score(params: dict, split: SplitDir, classes: list[str]) -> dict:
+def score(params: dict, split: SplitDir, classes: list[str], corrupt: bool = True) -> dict:
     prep = preproc(params)
     train_data, valid = split.data("train", classes, prep.size), split.data("valid", classes, prep.size)
     t0 = time.perf_counter()
@@ -81,7 +76,8 @@ def score(params: dict, split: SplitDir, classes: list[str]) -> dict:
     target = valid.targets.numpy()
     groups = np.array([r["group"] for r in split.rows("valid")])
     lo_hi = bootstrap.group_bootstrap(groups, bootstrap.accuracy(pred == target), 1000, params["seed"])
-    rob = robustness.report(net, valid.images, valid.targets, prep, params["seed"])
+    rob = robustness.report(net, valid.images, valid.targets, prep, params["seed"],
+                            robustness.NAMES if corrupt else ())
     wrong = {(classes[t], classes[p]): int(((target == t) & (pred == p)).sum())
              for t in range(len(classes)) for p in range(len(classes)) if t != p}
     return {"acc": float((pred == target).mean()), "ci": lo_hi, "rob": rob, "seconds": seconds,
@@ -104,12 +100,18 @@ def cross_validate(params: dict, split: SplitDir, classes: list[str], k: int) ->
     return accs
 
 
+def mean_of(result: dict, corruption: str) -> float:
+    """A corruption's accuracy over its 3 severities (nan when it was not run)."""
+    return result["rob"]["corruptions"].get(corruption, {}).get("mean", float("nan"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repo", type=Path, required=True)
     ap.add_argument("--candidate", action="append", default=[], help="name:key=value,key=value")
     ap.add_argument("--folds", type=int, default=0, help="also cross-validate each candidate over k group folds")
     ap.add_argument("--no-base", action="store_true", help="skip the base params as a candidate")
+    ap.add_argument("--no-robustness", action="store_true", help="skip the robustness report (faster)")
     args = ap.parse_args()
     base = yaml.safe_load((args.repo / "params.yaml").read_text())
     split = SplitDir(args.repo / "data/split", args.repo / "data/raw", args.repo / "data/cache/split")
@@ -118,7 +120,7 @@ def main() -> None:
     rows = []
     for name, sets in candidates:
         params = override(base, sets)
-        r = score(params, split, classes)
+        r = score(params, split, classes, not args.no_robustness)
         if args.folds:
             accs = cross_validate(params, split, classes, args.folds)
             r["folds"] = accs
@@ -127,15 +129,15 @@ def main() -> None:
         cols = ("white_balance", "hue", "brightness", "contrast", "overexposure", "noise", "motion_blur")
         print(f"{name}: valid acc {r['acc']:.4f} [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}], robust mean "
               f"{r['rob']['mean']:.4f}, worst {r['rob']['worst']}, " +
-              ", ".join(f"{c} {r['rob']['corruptions'][c]['mean']:.3f}" for c in cols) +
+              ", ".join(f"{c} {mean_of(r, c):.3f}" for c in cols) +
               f", {r['seconds']:.0f} s, wrong {r['confusions']}", flush=True)
     print("\n| candidate | overrides | valid accuracy [95% group CI] | corrupted mean | white balance | "
           "over-exposure | worst cell | fold accuracy mean ± sd | train s |\n|---|---|---|---:|---:|---:|---|---|---:|")
     for name, sets, r in rows:
-        c, w = r["rob"]["corruptions"], r["rob"]["worst"]
+        w = r["rob"]["worst"]
         folds = f"{np.mean(r['folds']):.4f} ± {np.std(r['folds']):.4f}" if r.get("folds") else "-"
         print(f"| {name} | {' '.join(sets) or '(preset)'} | {r['acc']:.4f} [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}] | "
-              f"{r['rob']['mean']:.4f} | {c['white_balance']['mean']:.4f} | {c['overexposure']['mean']:.4f} | "
+              f"{r['rob']['mean']:.4f} | {mean_of(r, 'white_balance'):.4f} | {mean_of(r, 'overexposure'):.4f} | "
               f"{w['corruption']} s{w['severity']} {w['accuracy']:.3f} | {folds} | {r['seconds']:.0f} |")
 
 if __name__ == "__main__":

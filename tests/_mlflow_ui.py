@@ -98,8 +98,23 @@ def chromium(browser: str, driver: str) -> Iterator[object]:
 
 
 def runs_page(base: str, experiment_id: str) -> str:
-    """The experiment's runs table in the "Model training" view (MLflow 3 opens on the GenAI view otherwise)."""
-    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    """The README's link: the experiment's runs table in the "Model training" view (MLflow 3 opens on the GenAI
+    view otherwise) with tlpipe's shared view (tracking.VIEW_TAG: the headline metric columns ticked)."""
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey=tlpipe"
+
+
+def compare_page(base: str, experiment_id: str, run_ids: list[str]) -> str:
+    """MLflow's compare view of these runs (what "Compare" opens for the ticked rows)."""
+    runs = ",".join(f'"{r}"' for r in run_ids)
+    return f'{base}/#/compare-runs?runs=[{runs}]&experiments=["{experiment_id}"]'
+
+
+def expand(d, run_id: str) -> None:
+    """Unfold a parent run's row to show its nested runs (the [+] before its name)."""
+    d.execute_script(
+        "const cell = [...document.querySelectorAll('.ag-row')].filter(r => r.getAttribute('row-id') === arguments[0])"
+        ".flatMap(r => [...r.querySelectorAll('.ag-cell')]).find(c => c.getAttribute('col-id') === arguments[1]);"
+        "cell.querySelector('button').click()", run_id, RUN_NAME_COL)
 
 
 def wait_for_text(d, texts: list[str], timeout: float = RENDER_WAIT_S) -> None:

@@ -41,7 +41,7 @@ def gallery(path: Path, images: list[np.ndarray], issues: list[dict[str, Any]], 
     plt = _pyplot()
     cols = max(1, min(6, len(images)))
     rows = max(1, -(-len(images) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.5 * rows + 0.5), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(2.1 * cols, 6.0), 2.5 * rows + 0.7), dpi=110, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     if not images:

@@ -126,8 +126,8 @@ def run(split: SplitDir, out: Outputs, params: dict[str, Any]) -> dict[str, Any]
             files = [out.reports / f.name for f in report.write_tables(tmp, tables)]
         n = min(cfg["gallery_images"], len(tables["label_issues"]))
         report.gallery(out.gallery, suspects(split, tables["label_issues"], params["model"]["input_size"], n),
-                       tables["label_issues"], f"audit: {n} of {len(tables['label_issues'])} label-issue suspects "
-                       f"(cleanlab, out-of-fold linear head), most suspicious first")
+                       tables["label_issues"], f"audit: {n} of {len(tables['label_issues'])} label-issue suspects, most suspicious first\n"
+                       "(cleanlab on out-of-fold linear-head probabilities; label quality score)")
         write_json(out.metrics, headline)
         tracker.metrics({**headline, "features_seconds": t1 - t0, "checks_seconds": t2 - t1}, prefix="audit_")
         for f in (out.metrics, out.gallery, *files):

@@ -24,9 +24,12 @@ from .plots import _pyplot, _save
 from .stage import closed_set, score_split
 
 
-def outputs(name: str, metrics: Path = Path("metrics"), plots: Path = Path("plots")) -> dict[str, Path]:
-    """Where the stage writes for the model `name`."""
-    return {"metrics": metrics / f"robustness_{name}.json", "csv": plots / f"robustness_{name}.csv",
+def outputs(name: str, metrics: Path = Path("metrics"), plots: Path = Path("plots"),
+            reports: Path = Path("reports")) -> dict[str, Path]:
+    """Where the stage writes for the model `name`: headline metrics (clean, mean, worst), the full table in
+    reports/, plot data and the figure."""
+    return {"metrics": metrics / f"robustness_{name}.json", "report": reports / f"robustness_{name}.json",
+            "csv": plots / f"robustness_{name}.csv",
             "png": plots / f"robustness_{name}.png"}
 
 
@@ -85,11 +88,12 @@ def run(model: Path, split: SplitDir, name: str, params: dict[str, Any]) -> dict
         start = time.perf_counter()
         result = robustness.report(net, images, targets, pp, params["seed"], params["robustness"]["corruptions"])
         seconds = time.perf_counter() - start
-        write_json(out["metrics"], result)
+        write_json(out["metrics"], {k: result[k] for k in ("clean", "mean", "worst")})
+        write_json(out["report"], result)
         write_csv(out["csv"], result)
         figure(out["png"], result, f"{name} model: test accuracy under corruptions (n={len(targets)})")
         tracker.metrics(result, prefix="robustness_")
-        for f in (out["metrics"], out["csv"], out["png"]):
+        for f in (out["metrics"], out["report"], out["csv"], out["png"]):
             tracker.artifact(f)
     w = result["worst"]
     print(f"robustness {name}: clean {result['clean']:.4f}, corrupted mean {result['mean']:.4f}, worst "
