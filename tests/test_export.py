@@ -23,7 +23,7 @@ from tlpipe.inference_onnx import OnnxClassifier
 
 CLASSES = ["a", "b", "c"]
 META = {"backbone": "resnet18", "classes": CLASSES, "input_size": 32, "mean": list(models.IMAGENET_MEAN),
-        "std": list(models.IMAGENET_STD), "temperature": 1.7}
+        "std": list(models.IMAGENET_STD), "temperature": 1.7, "input_norm": "none"}
 
 
 def make_split(root: Path, n: int = 36) -> SplitDir:
@@ -142,3 +142,18 @@ def test_foreign_onnx_is_one_clear_error(exported, tmp_path: Path) -> None:
         OnnxClassifier(tmp_path / "plain.onnx")
     with pytest.raises(PipelineError, match="not found"):
         OnnxClassifier(tmp_path / "missing.onnx")
+
+
+@pytest.mark.parametrize("mode", ["none", "grayworld", "autolevel"])
+def test_onnx_photometric_normalisation_matches_torch(mode) -> None:
+    """model.input_norm in NumPy (the onnxruntime path) equals the torch path of inference.prepare."""
+    from tlpipe.inference import photometric
+    from tlpipe.inference_onnx import photometric as photometric_np
+
+    x = torch.rand(3, 3, 20, 20, generator=torch.Generator().manual_seed(1))
+    warm = x * torch.tensor([1.0, 0.8, 0.6]).view(1, 3, 1, 1)
+    for batch in (x, warm):
+        ours = photometric_np(batch.numpy().copy(), mode)
+        assert np.abs(photometric(batch.clone(), mode).numpy() - ours).max() < 1e-5
+    if mode == "autolevel":  # a colour cast (per-channel gain) is undone
+        assert np.abs(photometric_np(x.numpy().copy(), mode) - photometric_np(warm.numpy().copy(), mode)).max() < 1e-5

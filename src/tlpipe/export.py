@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,11 @@ def to_onnx(net: models.Net, meta: dict[str, Any], path: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "model.onnx"
         try:
-            program = torch.onnx.export(net, (example,), None, input_names=[INPUT], output_names=[OUTPUT],
-                                        dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
-                                        external_data=False, verbose=False)
-            program.save(str(raw), external_data=False)
+            with warnings.catch_warnings():  # the TorchScript exporter: ~10x faster here than dynamo=True
+                warnings.simplefilter("ignore")
+                torch.onnx.export(net, (example,), str(raw), input_names=[INPUT], output_names=[OUTPUT],
+                                  dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, dynamo=False,
+                                  opset_version=17)
         except Exception as exc:  # noqa: BLE001 - the exporter raises many types
             raise PipelineError(f"export: torch.onnx cannot export {meta['backbone']} ({str(exc)[:300]})") from exc
         model = onnx.load(str(raw))
