@@ -20,8 +20,8 @@ HEAD = {**COMMON, "batch_size": 64, "lr": 0.001, "scheduler": "step", "step_size
 TUNE = {**COMMON, "batch_size": 32, "lr": 0.0001, "scheduler": "cosine", "step_size": 2, "unfreeze_blocks": 2,
         "prefix_views": 2, "bn_train": False, "backbone_lr_mult": 1.0}
 BEFORE = {  # every key of the four sections as params.yaml wrote them before the shared `train` section
-    "train_head": {**HEAD, "epochs": 30, "feature_views": 2},
-    "finetune": {**TUNE, "epochs": 6},
+    "train_head": {**HEAD, "epochs": 30, "feature_views": 2},  # (finetune since: 4 groups, 8 epochs, lr 0.0005)
+    "finetune": {**TUNE, "epochs": 8, "unfreeze_blocks": 4, "lr": 0.0005},
     "retrain.head": {**HEAD, "epochs": 20, "feature_views": 1},
     "retrain.finetune": {**TUNE, "epochs": 3},
 }
@@ -44,7 +44,7 @@ def test_defaults_resolve_to_the_phases_of_before(p, name):
 
 def test_lr_is_train_lr_times_lr_scale_unless_the_phase_sets_lr(p):
     p["train"]["lr"] = 0.0005
-    assert [phase_settings(p, n)["lr"] for n in PHASES] == [0.0005, 0.00005, 0.0005, 0.00005]
+    assert [phase_settings(p, n)["lr"] for n in PHASES] == [0.0005, 0.00025, 0.0005, 0.00005]
     p["retrain"]["head"]["lr_scale"] = 2
     p["finetune"]["lr"] = 0.003  # its own lr wins over lr_scale
     assert phase_settings(p, "retrain.head")["lr"] == 0.001 and phase_settings(p, "finetune")["lr"] == 0.003

@@ -15,8 +15,8 @@ from test_e2e import FAST, commit, copy_repo, dvc, set_params
 
 pytestmark = pytest.mark.slow
 
-LRS = ("0.0005", "0.002")
-EXTRA_LR = "0.001"  # queued beside a failed experiment when it is queued again
+LRS = ("0.5", "2.0")  # finetune.lr_scale: finetune lr 0.0005 and 0.002
+EXTRA_LR = "1.0"  # queued beside a failed experiment when it is queued again
 
 
 def _wait_for_queue(repo: Path, timeout: float = 1200) -> str:
@@ -47,7 +47,7 @@ def _finished_lrs(repo: Path) -> dict[str, tuple[str, dict]]:
     for rev in json.loads(dvc("exp", "show", "--json", cwd=repo)):
         for exp in rev.get("experiments") or []:
             data = exp["revs"][0]["data"]
-            lr = data["params"]["params.yaml"]["data"]["finetune"]["lr"]
+            lr = data["params"]["params.yaml"]["data"]["finetune"]["lr_scale"]
             if "metrics/evaluate_retrained.json" in (data.get("metrics") or {}):  # ran to the end
                 exps[str(lr)] = (exp["name"], data["metrics"])
     return exps
@@ -55,7 +55,7 @@ def _finished_lrs(repo: Path) -> dict[str, tuple[str, dict]]:
 
 def _run_queue(repo: Path, lrs: tuple[str, ...]) -> str:
     for lr in lrs:
-        dvc("exp", "run", "--queue", "-S", f"finetune.lr={lr}", cwd=repo)
+        dvc("exp", "run", "--queue", "-S", f"finetune.lr_scale={lr}", cwd=repo)
     dvc("queue", "start", "-j", "2", cwd=repo)
     return _wait_for_queue(repo)
 
