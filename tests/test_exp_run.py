@@ -39,8 +39,10 @@ def test_train_lr_reruns_every_training_stage_and_nothing_before(tmp_path: Path)
     assert TRAINING <= ran, exp
     assert not ran & BEFORE_TRAINING, ran
     changed = json.loads(dvc("metrics", "diff", "--json", cwd=repo))
-    for path in ("metrics/head.json", "metrics/finetuned.json", "metrics/retrained.json"):
-        assert path in changed, changed  # new lr, new training curve
-    assert any(p.startswith("metrics/evaluate_") for p in changed), changed
+    assert "metrics/head.json" in changed, changed  # the head trains at the new lr
+    # downstream headline numbers change unless a phase kept its starting weights at the same scores
+    # (on this tiny data validation accuracy is often 1.0 both times): at least one of them moves
+    assert {"metrics/finetuned.json", "metrics/retrained.json", "metrics/evaluate_finetuned.json",
+            "metrics/evaluate_retrained.json"} & set(changed), changed
     shown = dvc("params", "diff", "--json", cwd=repo)
     assert json.loads(shown)["params.yaml"]["train.lr"] == {"old": 0.001, "new": 0.0005}, shown
