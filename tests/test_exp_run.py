@@ -45,4 +45,5 @@ def test_train_lr_reruns_every_training_stage_and_nothing_before(tmp_path: Path)
     assert {"metrics/finetuned.json", "metrics/retrained.json", "metrics/evaluate_finetuned.json",
             "metrics/evaluate_retrained.json"} & set(changed), changed
     shown = dvc("params", "diff", "--json", cwd=repo)
-    assert json.loads(shown)["params.yaml"]["train.lr"] == {"old": 0.001, "new": 0.0005}, shown
+    lr = json.loads(shown)["params.yaml"]["train.lr"]
+    assert (lr["old"], lr["new"]) == (0.001, 0.0005), shown
