@@ -53,6 +53,13 @@ def preproc_from_meta(meta: dict[str, Any], device: str, channels_last: bool, ba
                    channels_last, batch, str(meta.get("input_norm", "none")))
 
 
+def preproc_from_params(model: dict[str, Any], device: str) -> Preproc:
+    """Preprocessing of a model about to be trained, from the `model` params section (training, audit)."""
+    spec = models.spec(model["backbone"])
+    return Preproc(spec.mean, spec.std, model["input_size"], resolve_device(device), model["channels_last"],
+                   model["inference_batch_size"], model["input_norm"])
+
+
 def to_channels_last(net: nn.Module) -> None:
     """NHWC weights for NHWC inputs; a no-op (no weight copies) when they already are."""
     if any(p.dim() == 4 and not p.is_contiguous(memory_format=torch.channels_last) for p in net.parameters()):

@@ -12,16 +12,11 @@ from .. import models
 from ..atomic import atomic_dir, write_json
 from ..data import manifest
 from ..data.splitdir import SplitDir
-from ..inference import Preproc, run_groups
-from ..runtime import resolve_device
+from ..inference import Preproc, preproc_from_params, run_groups
 
 
-def preproc(model: dict[str, Any], device: str) -> Preproc:
-    """Exactly training.stage.preproc (tests/test_audit.py checks it), without importing the training code:
-    editing the training loop must not rerun the audit."""
-    spec = models.spec(model["backbone"])
-    return Preproc(spec.mean, spec.std, model["input_size"], resolve_device(device), model["channels_last"],
-                   model["inference_batch_size"], model["input_norm"])
+preproc = preproc_from_params  # the training stages' preprocessing, from inference (not training: editing
+# the training loop must not rerun the audit)
 
 
 def extract(net: models.Net, images: Any, prep: Preproc, desc: str = "") -> np.ndarray:

@@ -17,8 +17,8 @@ from ..data import transforms
 from ..data.splitdir import Data, SplitDir
 from ..evaluation import plots
 from ..evaluation.calibration import fit_temperature
-from ..inference import Preproc, predict_logits
-from ..runtime import resolve_device, set_seed
+from ..inference import Preproc, predict_logits, preproc_from_params
+from ..runtime import set_seed
 from . import parallel
 from .loop import FitResult, better, fit
 from .resume import Resume
@@ -41,11 +41,7 @@ class Outputs:
         return self.models / f"{self.name}{'_last' if last else ''}.pt"
 
 
-def preproc(model: dict[str, Any], device: str) -> Preproc:
-    """Training-time preprocessing from the `model` params section."""
-    spec = models.spec(model["backbone"])
-    return Preproc(spec.mean, spec.std, model["input_size"], resolve_device(device), model["channels_last"],
-                   model["inference_batch_size"], model["input_norm"])
+preproc = preproc_from_params  # training-time preprocessing from the `model` params section
 
 
 def meta_for(model: dict[str, Any], classes: list[str], prep: Preproc, extra: dict[str, Any]) -> dict[str, Any]:
