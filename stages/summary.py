@@ -1,8 +1,10 @@
-"""Stage summary (always runs, last, in about a second plus MLflow's import): the headline metrics of every
-model and all params on the pipeline run's MLflow parent run (see tlpipe.summary). A fresh clone's
-`dvc repro` skips the evaluate stages (their outputs are committed); this still fills the parent run."""
+"""Stage summary (last, about a second plus MLflow's import): the headline metrics of every model and all params
+on the pipeline run's MLflow parent run (see tlpipe.summary), and in reports/summary.json. That file is a DVC
+cache output, absent on a fresh clone: `dvc repro` there skips the evaluate stages (their outputs are
+committed) but runs this one, so the parent run still gets both models' test metrics."""
 
 import argparse
+from pathlib import Path
 
 import _path  # noqa: F401
 
@@ -15,8 +17,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--training", nargs="+", type=named, required=True, metavar="MODEL=METRICS_JSON")
     ap.add_argument("--evaluate", nargs="+", type=named, required=True, metavar="MODEL=METRICS_JSON")
+    ap.add_argument("--out", type=Path, required=True, help="JSON of every number logged to the parent run")
+    ap.add_argument("--metrics", type=Path, required=True, help="the short headline (DVC metrics file)")
     args = ap.parse_args()
-    summarize(dict(args.training), dict(args.evaluate), load_params())
+    summarize(dict(args.training), dict(args.evaluate), load_params(), args.out, args.metrics)
 
 
 if __name__ == "__main__":

@@ -92,3 +92,14 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     monkeypatch.setattr(socket.socket, "connect", connect)
+
+
+# the longest files first, so that two xdist workers (pytest.ini: --dist loadfile, no reorder) end together;
+# the rest keep their order
+LONGEST_FIRST = ("test_interrupt.py", "test_e2e.py", "test_presets_e2e.py", "test_queue.py", "test_exp_run.py",
+                 "test_remote_s3.py", "test_serving.py", "test_distributed.py", "test_mlflow_ui.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -86,8 +86,8 @@ def _metrics_files(folder: Path, shift: float) -> tuple[dict[str, Path], dict[st
     evaluation = {}
     for model, m in EVALUATE.items():
         evaluation[model] = folder / f"evaluate_{model}.json"
-        evaluation[model].write_text(json.dumps({**{k: round(v - shift, 6) for k, v in m.items()}, "open_set": {
-            "primary_score": "msp", "scores": {"msp": {"auroc": round(AUROC[model] - shift, 6)}}}}))
+        evaluation[model].write_text(json.dumps({**{k: round(v - shift, 6) for k, v in m.items()},
+                                                 "auroc": round(AUROC[model] - shift, 6)}))
     return training, evaluation
 
 

@@ -21,11 +21,15 @@ from PIL import Image
 
 from _datafix import cifar_tarball, digest
 from _support import SHARED, serve_directory
-from test_e2e import commit, copy_repo, declared_outputs, dvc, set_params, sh
+from test_e2e import LIGHT_REPORTS, commit, copy_repo, declared_outputs, dvc, set_params, sh
 
 pytestmark = pytest.mark.slow
 
-SHORT = {"train_head.epochs": 3, "finetune.epochs": 1, "retrain.head.epochs": 2, "retrain.finetune.epochs": 1}
+SHORT = {"train_head.epochs": 3, "finetune.epochs": 1, "retrain.head.epochs": 2, "retrain.finetune.epochs": 1,
+         **LIGHT_REPORTS}
+# a preset changes the data source, backbone and training: the stages up to both evaluations test that
+# (audit, robustness, export, summary and the model card are backbone-agnostic and run in test_e2e)
+UP_TO_EVALUATE = ("evaluate@finetuned", "evaluate@retrained")
 TINY_ZIP = SHARED / "datasets/gtsrb/tiny/GTSRB_tiny.zip"
 
 
@@ -98,7 +102,7 @@ def test_food_from_file_lists(tmp_path, hub_cache):
         params = yaml.safe_load((repo / "params.yaml").read_text())
         assert params["model"]["backbone"] == "resnet18" and params["augment"]["engine"] == "v2"
         commit(repo, "food")
-        dvc("repro", cwd=repo)
+        dvc("repro", *UP_TO_EVALUATE, cwd=repo)
     _outputs_exist(repo)
     test = (repo / "data/split/test.csv").read_text()
     assert test.count("\n") - 1 == 12  # the test list is the test split
@@ -121,7 +125,7 @@ def test_sign_digits_from_a_folder_then_predict_one_image(tmp_path, hub_cache):
     set_params(repo, {**SHORT, "data.root": str(data), "split.valid_per_class": 2, "split.test_per_class": 2,
                       "model.input_size": 64})
     commit(repo, "signs")
-    dvc("repro", cwd=repo)
+    dvc("repro", *UP_TO_EVALUATE, cwd=repo)
     _outputs_exist(repo)
     report = json.loads((repo / "data/split/split_report.json").read_text())
     assert all(n == {"train": 5, "valid": 2, "test": 2} for n in report["per_class"].values()), report["per_class"]
@@ -147,7 +151,7 @@ def test_cifar10_official_layout_over_loopback(tmp_path, hub_cache):
     with serve_directory(served) as base:
         set_params(repo, {**SHORT, "data.url": f"{base}/cifar-10-python.tar.gz", "data.md5": digest(tarball, "md5")})
         commit(repo, "cifar")
-        dvc("repro", cwd=repo)
+        dvc("repro", *UP_TO_EVALUATE, cwd=repo)
     _outputs_exist(repo)
     m = json.loads((repo / "reports/retrained/metrics.json").read_text())
     assert set(m["per_class"]) == {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
@@ -167,7 +171,7 @@ def test_gtsrb_with_resnet34(tmp_path, hub_cache):
                           "unknown.test_images": 20, "unknown.holdout_classes": [38],
                           "unknown.holdout_test_images": 20})
         commit(repo, "gtsrb resnet34")
-        dvc("repro", cwd=repo)
+        dvc("repro", *UP_TO_EVALUATE, cwd=repo)
     _outputs_exist(repo)
     ckpt = torch.load(repo / "models/retrained.pt", weights_only=True)
     assert ckpt["meta"]["backbone"] == "resnet34" and ckpt["meta"]["classes"][-1] == "unknown"

@@ -48,7 +48,7 @@ def _finished_lrs(repo: Path) -> dict[str, tuple[str, dict]]:
         for exp in rev.get("experiments") or []:
             data = exp["revs"][0]["data"]
             lr = data["params"]["params.yaml"]["data"]["finetune"]["lr_scale"]
-            if "metrics/evaluate_retrained.json" in (data.get("metrics") or {}):  # ran to the end
+            if "metrics/summary.json" in (data.get("metrics") or {}):  # ran to the end
                 exps[str(lr)] = (exp["name"], data["metrics"])
     return exps
 
@@ -79,12 +79,8 @@ def test_two_queued_experiments_run_in_parallel(tmp_path: Path) -> None:
 
     exps = _finished_lrs(repo)
     assert set(exps) - {str(float(EXTRA_LR))} == {str(float(lr)) for lr in LRS}, exps
-    metrics = [m for _, m in exps.values()]
-    for m in metrics:
-        assert "metrics/evaluate_retrained.json" in m and "metrics/finetuned.json" in m, m.keys()
-    # same upstream params: the two concurrent runs trained the same head, bit for bit
-    heads = [m["metrics/head.json"]["data"] for m in metrics]
-    assert all(h == heads[0] for h in heads)
+    for _, m in exps.values():
+        assert {"ft_acc", "rt_acc", "rt_auroc"} <= set(m["metrics/summary.json"]["data"]), m
 
     # both in the repository's store (not the throwaway copies), under their own experiment names
     db = sqlite3.connect(repo / "mlflow.db")
@@ -101,5 +97,9 @@ def test_two_queued_experiments_run_in_parallel(tmp_path: Path) -> None:
         [parent] = [u for u, n, st in runs if n == name and u not in parent_of and st == "FINISHED"]
         assert {n for u, n, _ in runs if parent_of.get(u) == parent} >= {f"{name}-{s}" for s in (
             "train_head", "finetune", "retrain", "evaluate_finetuned", "evaluate_retrained")}
-        accuracy = m["metrics/evaluate_retrained.json"]["data"]["accuracy"]
+        accuracy = m["metrics/summary.json"]["data"]["rt_acc"]
         assert metrics[(parent, "retrained.test_accuracy")] == pytest.approx(accuracy)
+    # same upstream params: the two concurrent runs trained the same head, bit for bit (same numbers)
+    heads = [{k: v for (u, k), v in metrics.items() if u == uuid} for uuid, n, _ in runs
+             if n in {f"{name}-train_head" for name, _ in exps.values()}]
+    assert len(heads) == len(exps) and heads[0] and all(h == heads[0] for h in heads), heads

@@ -457,10 +457,10 @@ def test_summary_fills_the_parent_from_metrics_files_alone(store, tmp_path):
     evals = {}
     for name, acc in (("finetuned", 0.96), ("retrained", 0.94)):
         evals[name] = metrics / f"evaluate_{name}.json"
-        evals[name].write_text(json.dumps({
-            "accuracy": acc, "macro_f1": acc - 0.01, "loss": 0.1, "calibration": {"ece": 0.03},
-            "open_set": {"primary_score": "msp", "scores": {"msp": {"auroc": acc - 0.1}, "energy": {"auroc": 0.5}},
-                         "unseen": {"unknown_recall": 0.3}}, "per_class": {"a": {"recall": 1.0}}}))
+        evals[name].write_text(json.dumps({  # the headline file evaluate writes (detail is in reports/)
+            "accuracy": acc, "accuracy_lo": acc - 0.02, "accuracy_hi": acc + 0.01, "macro_f1": acc - 0.01,
+            "loss": 0.1, "ece_scaled": 0.03, "auroc": acc - 0.1, "unknown_recall_unseen": 0.3,
+            "note": "not a number"}))
     params = {**PARAMS, "tracking": {**PARAMS["tracking"], "experiment": "unit-summary"}}
     values = summary.summarize(files, evals, params)
     assert set(tracking.PIPELINE_COLUMNS) <= set(values)
@@ -468,8 +468,9 @@ def test_summary_fills_the_parent_from_metrics_files_alone(store, tmp_path):
     assert not stages and parent.info.status == "FINISHED" and parent.info.run_name == "workspace"
     m = parent.data.metrics
     assert m["finetuned.test_accuracy"] == 0.96 and m["retrained.test_auroc"] == pytest.approx(0.84)
-    assert m["head.best_val_acc"] == 0.91 and m["retrained.test_unseen_unknown_recall"] == 0.3
-    assert m["finetuned.test_ece"] == 0.03 and not any("per_class" in k or ".a." in k for k in m)
+    assert m["head.best_val_acc"] == 0.91 and m["retrained.test_unknown_recall_unseen"] == 0.3
+    assert m["finetuned.test_ece_scaled"] == 0.03 and m["finetuned.test_accuracy_lo"] == pytest.approx(0.94)
+    assert not any("note" in k for k in m)
     assert parent.data.params["seed"] == str(PARAMS["seed"])
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "metrics")} == \
         {f"metrics/{p.name}" for p in [*files.values(), *evals.values()]}
