@@ -16,6 +16,7 @@ import yaml
 from _support import REPO
 from tlpipe.evaluation import metrics, plots
 from tlpipe.evaluation.robustness_stage import write_csv as write_robustness_csv
+from tlpipe.training.lr_find import Sweep, rates
 
 DVC = [sys.executable, "-m", "dvc"]
 KNOWN = ["zero", "one", "two"]
@@ -45,6 +46,10 @@ def _write_outputs(root: Path, seed: int) -> None:
         plots.write_roc_csv(out / f"roc_{name}.csv", is_known, torch.randn(40, generator=g).numpy() + is_known)
         write_robustness_csv(out / f"robustness_{name}.csv", {"corruptions": {
             c: {"1": 0.9, "2": 0.8, "3": 0.7 - seed / 100, "mean": 0.8} for c in ("noise", "jpeg")}})
+    lrs = rates(1e-6, 1.0, 30)
+    for name in ("head", "finetune"):
+        loss = [2.0 - i / 20 + seed / 100 for i in range(30)]
+        plots.write_rows_csv(out / f"lr_find_{name}.csv", Sweep(lrs, loss, loss, lrs[20], lrs[20] / 10, False).rows())
 
 
 def _dvc(root: Path, *args: str) -> dict:

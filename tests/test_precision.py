@@ -13,7 +13,7 @@ from tlpipe.errors import PipelineError
 from tlpipe.inference import Preproc, run_groups, to_device
 from tlpipe.runtime import set_seed
 from tlpipe.training import parallel
-from tlpipe.training.loop import _HeadMode, fit
+from tlpipe.training.loop import HeadMode, fit
 
 AUG = {"crop_scale_min": 0.8, "rotation": 5, "hflip": 0.0, "color_jitter": 0.1}
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")
@@ -80,7 +80,7 @@ def test_cuda_cached_features_stay_on_the_device_and_images_are_pinned():
     net = models.build("resnet18", 2, pretrained=False).cuda()
     sp = models.spec("resnet18")
     prep = Preproc(sp.mean, sp.std, 32, torch.device("cuda"), True, 16)
-    mode = _HeadMode(net, phase())
+    mode = HeadMode(net, phase())
     mode.build(colours(6, 0), colours(2, 1), prep, lambda x: x)
     assert mode.feats.device.type == "cuda" and mode.vfeats.device.type == "cuda"
     assert run_groups(net, colours(3, 2).images, prep, 2).device.type == "cuda"

@@ -207,6 +207,7 @@ SCHEMA: dict[str, Any] = {
     "robustness": {"corruptions": Field((list,), _corruption_list), "max_images": Field((int,), _non_negative)},
     "audit": {"folds": Field((int,), _folds), "duplicate_threshold": Field(NUM, _fraction),
               "outlier_z": Field(NUM, _positive), "gallery_images": Field((int,), _non_negative)},
+    "lr_find": {"steps": Field((int,), _positive), "start_lr": Field(NUM, _positive), "end_lr": Field(NUM, _positive)},
 }
 
 
@@ -268,6 +269,10 @@ def _cross_checks(p: dict[str, Any]) -> None:
         raise PipelineError(f"params: unknown.classes must be a list of class ids or 'rest', got {classes!r}")
     for name in PHASES:
         _phase_checks(name, phase_settings(p, name))
+    lf = p["lr_find"]
+    if lf["steps"] < 2 or lf["start_lr"] >= lf["end_lr"]:
+        raise PipelineError(f"params: lr_find needs steps >= 2 and start_lr < end_lr, got steps {lf['steps']}, "
+                            f"start_lr {lf['start_lr']:g}, end_lr {lf['end_lr']:g}")
 
 
 def _gtsrb_checks(d: dict[str, Any]) -> None:

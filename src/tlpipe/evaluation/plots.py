@@ -163,3 +163,33 @@ def reliability_png(path: str | Path, logits: torch.Tensor, targets: torch.Tenso
     ax.set_title(title)
     fig.tight_layout()
     _save(fig, path)
+
+
+def write_rows_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """A CSV of dict rows, columns in the first row's order."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def lr_find_png(path: str | Path, sweeps: dict[str, tuple[list[float], list[float], float]], rule: str) -> None:
+    """Smoothed loss against the learning rate (log scale), one panel per phase, each suggestion marked."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(5 * len(sweeps), 4), dpi=110, squeeze=False)
+    for ax, (name, (lrs, smoothed, suggestion)) in zip(axes[0], sweeps.items()):
+        ax.plot(lrs, smoothed, "-", linewidth=1.5)
+        ax.axvline(suggestion, color="tab:red", linestyle="--", linewidth=1, label=f"suggestion {suggestion:.2g}")
+        finite = [s for s in smoothed if np.isfinite(s)]
+        if finite:  # from the lowest loss to the highest before it: the blow-up at the end would flatten the rest
+            low = min(finite)
+            ax.set_ylim(low * 0.95, max(1.1 * max(finite[: finite.index(low) + 1]), 2 * low))
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("training loss (smoothed)")
+        ax.set_title(name)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    fig.suptitle(f"lr_find: {rule}", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)

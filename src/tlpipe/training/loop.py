@@ -1,6 +1,6 @@
 """One training loop for every phase: head-only on cached features, or partial fine-tuning on a frozen prefix.
 
-The two modes differ only in what a `_Mode` supplies (inputs of a batch, logits, validation, which
+The two modes differ only in what a `Mode` supplies (inputs of a batch, logits, validation, which
 weights train and which are kept); setup, epochs, keep rule, early stopping and resume files are shared."""
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def _accuracy_loss(logits: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module) ->
     return float(loss_fn(logits, y)), float((logits.argmax(1) == y).float().mean())
 
 
-class _Mode(ABC):
+class Mode(ABC):
     """What differs between head-only training and partial fine-tuning. Subclasses set `keep` (whose
     state is kept as best), `keys` (state keys of net that training changes, stored by a resume file),
     `best_keys` (the same, relative to `keep`) and `trainable` (the parameters that train)."""
@@ -112,7 +112,7 @@ class _Mode(ABC):
         res.last_state = copy.deepcopy(self.net.state_dict())
 
 
-class _HeadMode(_Mode):
+class HeadMode(Mode):
     """Frozen backbone: pooled features cached once (K views), then only the head trains on them."""
 
     kind = "head"
@@ -151,7 +151,7 @@ class _HeadMode(_Mode):
         res.best_state = {**res.last_state, **{f"head.{k}": v for k, v in res.best_state.items()}}
 
 
-class _PartialMode(_Mode):
+class PartialMode(Mode):
     """The last `unfreeze_blocks` groups + head train; the frozen prefix runs under no_grad in eval mode."""
 
     kind = "partial"
@@ -197,11 +197,16 @@ class _PartialMode(_Mode):
                 {"params": self.backbone, "lr": self.phase.lr * self.phase.backbone_lr_mult}]
 
 
+def create_mode(net: models.Net, phase: Phase) -> Mode:
+    """Head only on cached features when the phase unfreezes no block, else partial fine-tuning."""
+    return (HeadMode if phase.unfreeze_blocks == 0 else PartialMode)(net, phase)
+
+
 @dataclass
 class _Loop:
     """The state one phase's epochs share, and its resume file."""
 
-    mode: _Mode
+    mode: Mode
     gens: list[torch.Generator]  # every generator the loop draws from (batch order, augmentation)
     mixer: Mixer | None
     fp: str
@@ -272,7 +277,7 @@ class _Loop:
             res.best_state = copy.deepcopy(self.mode.keep.state_dict())
 
 
-def _loss(mode: _Mode, x: torch.Tensor, t: torch.Tensor, loss_fn: nn.Module,
+def _loss(mode: Mode, x: torch.Tensor, t: torch.Tensor, loss_fn: nn.Module,
           mixer: Mixer | None) -> tuple[torch.Tensor, float]:
     """The mean loss of a batch (with optional mixup/cutmix) and its number of correct predictions."""
     if mixer is not None:
@@ -285,7 +290,7 @@ def _loss(mode: _Mode, x: torch.Tensor, t: torch.Tensor, loss_fn: nn.Module,
     return loss_fn(logits, t), float((logits.argmax(1) == t).sum())
 
 
-def _train_step(mode: _Mode, x: torch.Tensor, t: torch.Tensor, loss_fn: nn.Module, opt: torch.optim.Optimizer,
+def _train_step(mode: Mode, x: torch.Tensor, t: torch.Tensor, loss_fn: nn.Module, opt: torch.optim.Optimizer,
                 mixer: Mixer | None, amp: parallel.Amp, n_batch: int) -> tuple[float, float]:
     """One optimiser step (optional mixup/cutmix, gradient clipping); returns (loss sum, correct) of `t`.
     Under torchrun `t` is this rank's share of a batch of `n_batch`: its loss is weighted by that share and
@@ -359,7 +364,7 @@ def fit(net: models.Net, train: Data, valid: Data, phase: Phase, prep: Preproc, 
     net.to(prep.device)
     if prep.channels_last:
         to_channels_last(net)
-    mode = (_HeadMode if phase.unfreeze_blocks == 0 else _PartialMode)(net, phase)
+    mode = create_mode(net, phase)
     parallel.sync_rng()
     extra = ([precision] if precision != "fp32" else []) + ([parallel.world()] if parallel.world() > 1 else [])
     fp = fingerprint(mode.kind, phase, prep, augment, net.state_dict(), train.images, train.targets, valid.images,
