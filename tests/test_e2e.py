@@ -146,8 +146,13 @@ def test_default_dataset_slice(tmp_path: Path) -> None:
     again = dvc("repro", cwd=repo)
     assert re.findall(r"Running stage '([^']+)'", again) == [], again
     assert json.loads(dvc("status", "--json", cwd=repo) or "{}") == {}
-    # a fresh clone lacks the summary (a DVC cache output): only that stage runs, into the same parent run
+    # a fresh clone lacks the summary (a DVC cache output, absent from git) and has neither DVC's cache nor its
+    # run cache to restore it from: only that stage runs, into the same parent run
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    [md5] = [o["md5"] for o in lock["stages"]["summary"]["outs"] if o["path"] == "reports/summary.json"]
     (repo / "reports/summary.json").unlink()
+    (repo / ".dvc/cache/files/md5" / md5[:2] / md5[2:]).unlink()
+    shutil.rmtree(repo / ".dvc/cache/runs")
     again = dvc("repro", cwd=repo)
     assert re.findall(r"Running stage '([^']+)'", again) == ["summary"], again
     summary = json.loads((repo / "reports/summary.json").read_text())

@@ -480,3 +480,27 @@ def test_summary_fills_the_parent_from_metrics_files_alone(store, tmp_path):
     _, stages, parents = _runs(store, "unit-summary")
     assert [p.info.run_id for p in parents] == [parent.info.run_id]
     assert stages[0].data.tags[tracking.PARENT_TAG] == parent.info.run_id
+
+
+def test_a_store_failing_mid_stage_is_one_error_naming_the_uri():
+    """A tracking server that dies mid-stage: MLflow raises (after its retries) on the next write; the stage
+    gets one PipelineError naming the store, not a traceback from deep inside MLflow."""
+    from tlpipe.errors import PipelineError
+
+    class DeadServer:
+        @staticmethod
+        def log_metrics(*_a, **_k):
+            raise ConnectionError("HTTPConnectionPool(host='127.0.0.1', port=5999): Max retries exceeded\nmore")
+
+        @staticmethod
+        def log_artifact(*_a, **_k):
+            raise RuntimeError("API request to endpoint /api/2.0/mlflow-artifacts failed")
+
+    tr = tracking.Tracker(DeadServer, uri="http://127.0.0.1:5999")
+    for write in (lambda: tr.epoch({"epoch": 1, "val_acc": 0.5}), lambda: tr.metrics({"accuracy": 0.5}),
+                  lambda: tr.artifact(__file__)):
+        with pytest.raises(PipelineError) as err:
+            write()
+        msg = str(err.value)
+        assert msg.startswith("mlflow: tracking store http://127.0.0.1:5999 failed during the stage: ")
+        assert "\n" not in msg

@@ -59,25 +59,39 @@ def metric_key(name: str) -> str:
 
 
 class Tracker:
-    """Thin handle over the active MLflow run. Every write holds `lock` (see `store_lock`)."""
+    """Thin handle over the active MLflow run. Every write holds `lock` (see `store_lock`); a write the store
+    refuses (a tracking server that died mid-stage, after MLflow's own retries) is one PipelineError naming `uri`."""
 
-    def __init__(self, mlflow_module: Any, lock: Callable[[], ContextManager[None]] = nullcontext):
+    def __init__(self, mlflow_module: Any, lock: Callable[[], ContextManager[None]] = nullcontext, uri: str = ""):
         self._mlflow = mlflow_module
         self._lock = lock
+        self._uri = uri
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """The block under the store lock; whatever MLflow raises in it becomes one PipelineError."""
+        try:
+            with self._lock():
+                yield
+        except PipelineError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            raise PipelineError(f"mlflow: tracking store {self._uri or '?'} failed during the stage: {first}") from exc
 
     def epoch(self, rec: dict[str, float], prefix: str = "") -> None:
         step = int(rec["epoch"])
-        with self._lock():
+        with self.guard():
             self._mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in rec.items() if k != "epoch"}, step=step)
 
     def metrics(self, values: dict[str, Any], prefix: str = "") -> None:
         flat = {f"{prefix}{k}": float(v) for k, v in flatten(values).items() if isinstance(v, (int, float))}
-        with self._lock():
+        with self.guard():
             self._mlflow.log_metrics({metric_key(k): v for k, v in flat.items()})
 
     def artifact(self, path: str | Path, folder: str | None = None) -> None:
         if Path(path).exists():
-            with self._lock():
+            with self.guard():
                 self._mlflow.log_artifact(str(path), artifact_path=folder)
 
 
@@ -307,19 +321,18 @@ def _start_run(mlflow: Any, stage: str, params: dict[str, Any], experiment: str,
     return guarded(uri, timeout, start)
 
 
-def _log_run_info(mlflow: Any, stage: str, params: dict[str, Any], commit: str,
-                  lock: Callable[[], ContextManager[None]]) -> None:
+def _log_run_info(mlflow: Any, stage: str, params: dict[str, Any], commit: str, tracker: Tracker) -> None:
     """Tags (stage, git commit, DVC experiment, pid and host) and every param, flattened."""
     tags = {"stage": stage, "git_commit": commit, "dvc_exp_name": exp_name(),
             PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
     items = param_items(params)
-    with lock():
+    with tracker.guard():
         mlflow.set_tags(tags)
         for i in range(0, len(items), 90):
             mlflow.log_params(dict(items[i : i + 90]))
 
 
-def _end_run(mlflow: Any, lock: Callable[[], ContextManager[None]], finished: bool, parent: str) -> None:
+def _end_run(mlflow: Any, tracker: Tracker, finished: bool, parent: str) -> None:
     """FINISHED or FAILED, the parent run too (it shows how the last stage under it ended); on failure, the
     stage's own error is the one reported."""
     from mlflow.tracking import MlflowClient
@@ -328,10 +341,10 @@ def _end_run(mlflow: Any, lock: Callable[[], ContextManager[None]], finished: bo
         return
     status = "FINISHED" if finished else "FAILED"
     try:
-        with lock():
+        with tracker.guard():
             mlflow.end_run(status=status)
             MlflowClient().set_terminated(parent, status=status)
-    except Exception:  # noqa: BLE001
+    except PipelineError:
         if finished:
             raise
 
@@ -350,13 +363,13 @@ def stage_run(stage: str, params: dict[str, Any], experiment: str, root: Path = 
     with store(root):
         parent = _start_run(mlflow, stage, params, experiment, root, uri, timeout, commit, local)
         lock = partial(store_lock, uri, timeout)
-        finished = False
+        tracker, finished = Tracker(mlflow, lock, uri), False
         try:
-            _log_run_info(mlflow, stage, params, commit, lock)
-            yield Tracker(mlflow, lock)
+            _log_run_info(mlflow, stage, params, commit, tracker)
+            yield tracker
             finished = True
         finally:
-            _end_run(mlflow, lock, finished, parent)
+            _end_run(mlflow, tracker, finished, parent)
 
 
 def pipeline_summary(params: dict[str, Any], metrics: dict[str, float], files: list[Path],
