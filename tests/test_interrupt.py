@@ -37,7 +37,8 @@ KILLS_PER_STAGE = 1
 TINY = {**FAST, "data.max_per_class": 40, "unknown.train_images": 40, "unknown.valid_images": 12,
         "unknown.test_images": 20, "train_head.epochs": 8, "retrain.head.epochs": 8}
 BANNER = re.compile(r"Running stage '([^']+)'")
-TORN = [("dvc.lock' validation failed", "dvc.lock"), ("Unable to read RWLock-file", ".dvc/tmp/rwlock")]
+TORN = [("dvc.lock' validation failed", "dvc.lock"), ("dvc.lock' is invalid", "dvc.lock"),  # schema / YAML
+        ("Unable to read RWLock-file", ".dvc/tmp/rwlock")]
 
 
 def _env(mlflow_db: Path) -> dict[str, str]:
