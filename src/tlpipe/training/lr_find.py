@@ -30,7 +30,7 @@ from .optim import make_optimizer
 SMOOTHING = 0.9  # weight of the running average per step (fastai: 0.98, whose minimum lags far behind the loss)
 DIVERGED = 4.0  # the sweep stops when the smoothed loss exceeds this multiple of its minimum
 SKIP_START = 10  # first steps left out of the minimum: the running average has not settled (fastai skips 10 too)
-RULE = "the rate of the lowest smoothed loss after the first 10 steps, divided by 10 (fastai's min/10 rule)"
+RULE = f"the rate of the lowest smoothed loss after the first {SKIP_START} steps, divided by 10 (fastai's min/10 rule)"
 
 
 @dataclass
@@ -65,9 +65,8 @@ def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float, float]:
 
 
 def _mode(net: models.Net, phase: Phase) -> Mode:
-    if phase.unfreeze_blocks == 0:
-        return create_mode(net, phase)
-    return create_mode(net, replace(phase, prefix_views=max(phase.prefix_views, 1)))  # cached prefix: fast
+    """The phase's own Mode; fine-tuning always on a cached prefix (prefix_views >= 1: the sweep is fast)."""
+    return create_mode(net, replace(phase, prefix_views=max(phase.prefix_views, 1)))  # head mode ignores it
 
 
 def sweep(net: models.Net, train: Data, phase: Phase, prep: Preproc, augment: dict[str, Any], steps: int,
