@@ -3,7 +3,7 @@ another checkout (e.g. a `git worktree` of an older commit), both in one run, on
 
 Copies the repository (and the baseline checkout) to a temporary git repo, applies a preset (default gtsrb),
 serves the archive over loopback (the full GTSRB mirror in ../shared by default), downloads once, then runs
-every stage of that checkout's dvc.yaml on its own (`dvc repro -s <stage>`, in `dvc repro --dry` order) and
+every stage of that checkout's dvc.yaml on its own (`dvc repro -s <stage>`, dependencies first) and
 prints a table; with --baseline, the two side by side and the ratio of the totals (download left out).
 
     python bench/pipeline.py [--preset gtsrb] [--archive ../shared/datasets/gtsrb/GTSRB_Final_Training_Images.zip]
@@ -26,9 +26,6 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _support import REPO, SHARED, serve_directory  # noqa: E402
 
-BANNER = "Running stage '"
-
-
 def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, str]:
     """Run a command; return wall seconds, peak RSS (GiB) of it and its children, output."""
     t0 = time.perf_counter()
@@ -41,12 +38,22 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, s
     return wall, usage.ru_maxrss / 2**20, out
 
 
+ORDER = """
+import networkx as nx
+from dvc.repo import Repo
+repo = Repo(".")
+order = {s.addressing: i for i, s in enumerate(repo.index.stages)}
+for s in nx.lexicographical_topological_sort(repo.index.graph.reverse(), key=lambda s: order[s.addressing]):
+    print(s.addressing)
+"""
+
+
 def stages(repo: Path, env: dict[str, str]) -> list[str]:
-    """Every stage after download, in the order `dvc repro` runs them."""
-    out = subprocess.run([sys.executable, "-m", "dvc", "repro", "--dry"], cwd=repo, env=env, capture_output=True,
-                         text=True, check=True).stdout
-    names = [line.split(BANNER, 1)[1].split("'")[0] for line in out.splitlines() if BANNER in line]
-    return [n for n in names if n != "download"]
+    """Every stage after download, dependencies first, ties in dvc.yaml order (`dvc repro --dry` cannot list
+    them before the data exists: it stops at the first stage whose dependency is not there yet)."""
+    out = subprocess.run([sys.executable, "-c", ORDER], cwd=repo, env=env, capture_output=True, text=True,
+                         check=True).stdout
+    return [n for n in out.split() if n != "download"]
 
 
 def bench(source: Path, work: Path, preset: str, archive: Path, sets: list[str], env: dict[str, str]) -> dict:

@@ -20,10 +20,13 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("data/cache/split"))
     ap.add_argument("--raw", type=Path, default=Path("data/raw"))
     ap.add_argument("--init", type=Path, default=Path("models/head.pt"), help="the fine-tuning sweep's start")
+    ap.add_argument("--features", type=Path, default=Path("data/features"),
+                    help="the audit stage's ImageNet features of the split (used when they match these params)")
     ap.add_argument("--out", type=Path, default=Path("reports/lr_find.json"))
     ap.add_argument("--plots", type=Path, default=Path("plots"))
     args = ap.parse_args()
-    run_stage(load_params(), SplitDir(args.split, args.raw, args.cache), args.init, args.out, args.plots)
+    run_stage(load_params(), SplitDir(args.split, args.raw, args.cache), args.init, args.out, args.plots,
+              args.features)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,16 @@ def main() -> None:
     ap.add_argument("--split", type=Path, default=Path("data/split"))
     ap.add_argument("--cache", type=Path, default=Path("data/cache/split"))
     ap.add_argument("--raw", type=Path, default=Path("data/raw"))
+    ap.add_argument("--features", type=Path, default=Path("data/features"),
+                    help="the audit stage's ImageNet features of the split (used when they match these params)")
     ap.add_argument("--name", default="head", help="stem of models/<name>.pt, metrics/<name>.json, plots/<name>.*")
     args = ap.parse_args()
     params = load_params()
     model = params["model"]
     train("train_head", Outputs(args.name), params, SplitDir(args.split, args.raw, args.cache),
           [("head", Phase.from_params(params, "train_head"))],
-          lambda classes: models.build(model["backbone"], len(classes), model["weights"] == "imagenet"))
+          lambda classes: models.build(model["backbone"], len(classes), model["weights"] == "imagenet"),
+          features=args.features)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ class Data:
 
     images: Any  # torch.Tensor
     targets: Any  # torch.Tensor
+    features: Any = None  # (N, D) pooled ImageNet-backbone features of the plain images, when already computed
 
 
 def write_classes(folder: Path, classes: list[str], ids: list[str], unknown_ids: list[str] | None = None,

@@ -123,10 +123,14 @@ class HeadMode(Mode):
         self.trainable = list(net.head.parameters())
 
     def build(self, train: Data, valid: Data, prep: Preproc, tf: Augment) -> None:
-        views = [run_groups(self.net, train.images, prep, None, tf if v else None, desc=f"features view {v}")
+        """View 0 is the plain images: taken from `train.features` when given (the same pass, computed earlier by
+        the audit stage; see tlpipe.features), like the validation features from `valid.features`."""
+        views = [train.features.to(prep.device) if v == 0 and train.features is not None else
+                 run_groups(self.net, train.images, prep, None, tf if v else None, desc=f"features view {v}")
                  for v in range(self.phase.feature_views)]
         self.feats = torch.stack(views)  # V, N, D
-        self.vfeats = run_groups(self.net, valid.images, prep, None, desc="features valid")
+        self.vfeats = valid.features.to(prep.device) if valid.features is not None else \
+            run_groups(self.net, valid.images, prep, None, desc="features valid")
 
     def inputs(self, idx: torch.Tensor, gen: torch.Generator, pick: slice = slice(None)) -> torch.Tensor:
         return self.feats[torch.randint(0, self.phase.feature_views, (len(idx),), generator=gen)[pick], idx[pick]]

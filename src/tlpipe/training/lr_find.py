@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .. import checkpoint, models, tracking
+from .. import features as feature_cache
 from ..atomic import write_json
 from ..config.phases import Phase
 from ..data.splitdir import Data, SplitDir
@@ -121,13 +122,16 @@ def report(found: dict[str, Sweep], params: dict[str, Any]) -> dict[str, Any]:
             "set": {"train.lr": float(f"{head.suggestion:.2g}"), "finetune.lr_scale": scale}}
 
 
-def run_stage(params: dict[str, Any], split: SplitDir, init: Path, out: Path, plot_dir: Path) -> dict[str, Any]:
-    """The lr_find stage: both sweeps on the training split, their CSVs and figure, the report, one MLflow run."""
+def run_stage(params: dict[str, Any], split: SplitDir, init: Path, out: Path, plot_dir: Path,
+              features: Path | None = None) -> dict[str, Any]:
+    """The lr_find stage: both sweeps on the training split, their CSVs and figure, the report, one MLflow run.
+    `features`: the split's ImageNet features (tlpipe.features), the head sweep's view when they match."""
     set_seed(params["seed"], params["device"])
     cfg, classes = params["lr_find"], split.classes()
     prep = preproc_from_params(params["model"], params["device"])
     with tracking.stage_run("lr_find", params, params["tracking"]["experiment"]) as tracker:
         train = split.data("train", classes, prep.size)
+        train.features = feature_cache.load(features, params, split, ("train",)).get("train")  # head sweep only
         found = {}
         for name, (phase_name, start) in _starts(params, init, len(classes)).items():
             found[name] = sweep(start(), train, Phase.from_params(params, phase_name), prep, params["augment"],

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import checkpoint, models, tracking
+from .. import features as feature_cache
 from ..atomic import write_json
 from ..config.phases import Phase
 from ..data import transforms
@@ -125,10 +126,12 @@ def save_training(out: Outputs, net: models.Net, meta: dict[str, Any], res: FitR
 
 
 def train(stage: str, out: Outputs, params: dict[str, Any], split: SplitDir, phases: list[tuple[str, Phase]],
-          init: Callable[[list[str]], models.Net]) -> FitResult:
+          init: Callable[[list[str]], models.Net], features: Path | None = None) -> FitResult:
     """A whole training stage: seed, data, one MLflow run, the phases in order, and the stage's outputs.
-    train.distributed: a plain process re-runs its command under torchrun and exits (parallel.relaunch);
-    under torchrun every rank trains, rank 0 alone logs to MLflow and writes (see parallel)."""
+    `features`: a tlpipe.features folder of this split's plain ImageNet features, used when it matches (only a
+    net fresh from ImageNet weights may take them: train_head). train.distributed: a plain process re-runs its
+    command under torchrun and exits (parallel.relaunch); under torchrun every rank trains, rank 0 alone logs
+    to MLflow and writes (see parallel)."""
     parallel.relaunch(params)
     set_seed(params["seed"], params["device"])
     classes = split.classes()
@@ -147,6 +150,8 @@ def train(stage: str, out: Outputs, params: dict[str, Any], split: SplitDir, pha
         net = init(classes)
         net.dropout.p = float(params["model"]["head_dropout"])
         train_data, valid = split.data("train", classes, prep.size), split.data("valid", classes, prep.size)
+        shared = feature_cache.load(features, params, split, ("train", "valid"))
+        train_data.features, valid.features = shared.get("train"), shared.get("valid")
         res, history = run_phases(net, phases, train_data, valid, prep, augment, tracker, resume, precision)
         if not parallel.is_main():
             return res
