@@ -137,8 +137,9 @@ def main() -> None:
         w = r["rob"]["worst"]
         folds = f"{np.mean(r['folds']):.4f} ± {np.std(r['folds']):.4f}" if r.get("folds") else "-"
         print(f"| {name} | {' '.join(sets) or '(preset)'} | {r['acc']:.4f} [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}] | "
-              f"{r['rob']['mean']:.4f} | {mean_of(r, 'white_balance'):.4f} | {mean_of(r, 'overexposure'):.4f} | "
-              f"{w['corruption']} s{w['severity']} {w['accuracy']:.3f} | {folds} | {r['seconds']:.0f} |")
+              + (f"{r['rob']['mean']:.4f} | {mean_of(r, 'white_balance'):.4f} | {mean_of(r, 'overexposure'):.4f} | "
+                 f"{w['corruption']} s{w['severity']} {w['accuracy']:.3f}" if r["rob"]["corruptions"] else
+                 "- | - | - | -") + f" | {folds} | {r['seconds']:.0f} |")
 
 if __name__ == "__main__":
     main()

@@ -6,7 +6,12 @@ DVC already depends on) for a fixed time; each client POSTs one real image per r
 split's images, round-robin) in MLflow's `dataframe_split` JSON and checks the answer. Prints a
 markdown table: requests/s, p50/p99/max latency, errors (non-200, timeouts, malformed answers).
 
+--checkpoint CKPT --backends torch,onnx instead registers CKPT once per `registry.backend` in a scratch
+MLflow store (as the retrain stage does: tlpipe.serving.registry.log_model) and load-tests each served model
+alone, one after the other, with one row per backend in the same table.
+
     python bench/serve_load.py [--model-uri models:/tlpipe-classifier/1] [--tracking-uri sqlite:///mlflow.db]
+                               [--checkpoint models/retrained.pt --backends torch,onnx]
                                [--clients 50] [--duration 60] [--short] [--workers 1]
 """
 
@@ -88,11 +93,67 @@ async def load(url: str, bodies: list[bytes], clients: int, duration: float, tim
     return {"latencies": latencies, "errors": errors, "elapsed": time.perf_counter() - t0}
 
 
+def register_backends(ckpt: Path, example: bytes, backends: list[str], root: Path) -> tuple[str, dict[str, str]]:
+    """A scratch sqlite store under `root` with `ckpt` registered once per backend: (tracking URI, model URIs)."""
+    import mlflow
+
+    from tlpipe.serving import registry
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.create_experiment("serve-bench", artifact_location=(root / "artifacts").as_uri())
+    uris = {}
+    for backend in backends:
+        with mlflow.start_run(experiment_id=exp):
+            info = registry.log_model(ckpt, example, f"bench-{backend}", backend)
+        uris[backend] = f"models:/bench-{backend}/{info.registered_model_version}"
+    return uri, uris
+
+
+def serve_and_load(model_uri: str, tracking_uri: str, bodies: list[bytes], args: argparse.Namespace,
+                   duration: float) -> dict:
+    """Start the model server, wait for /ping, warm up, load it for `duration` s, stop it."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tempfile.NamedTemporaryFile("w+", prefix="serve-", suffix=".log", delete=False)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(server.serve_command(model_uri, port, workers=args.workers),
+                            env=server.serve_env(tracking_uri), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        try:
+            server.wait_ready(base, proc, args.startup_timeout)
+        except Exception:
+            log.flush()
+            print(Path(log.name).read_text()[-3000:], file=sys.stderr)
+            raise
+        startup = time.perf_counter() - t0
+        asyncio.run(load(f"{base}/invocations", bodies[:2], 2, 2.0, args.timeout))  # warm-up, not counted
+        load_before = os.getloadavg()[0]
+        res = asyncio.run(load(f"{base}/invocations", bodies, args.clients, duration, args.timeout))
+        load_after = os.getloadavg()[0]
+    finally:
+        server.stop(proc)
+        log.close()
+        os.unlink(log.name)
+    return {**res, "startup": startup, "load": (load_before, load_after)}
+
+
+def row(name: str, res: dict, clients: int) -> str:
+    lat = np.array(res["latencies"]) * 1000
+    n_err = sum(res["errors"].values())
+    p50, p99, mx = (np.percentile(lat, 50), np.percentile(lat, 99), lat.max()) if len(lat) else (float("nan"),) * 3
+    return (f"| {name} | {clients} | {res['elapsed']:.1f} | {len(lat)} | {n_err} | {len(lat) / res['elapsed']:.1f} | "
+            f"{p50:.0f} | {p99:.0f} | {mx:.0f} | {res['startup']:.1f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-uri", default="models:/tlpipe-classifier/1")
     ap.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db",
-                    help="tracking + registry store that holds the model (default: this repo's mlflow.db)")
+                    help="where --model-uri is registered")
+    ap.add_argument("--checkpoint", type=Path, help="register this checkpoint per --backends and load-test each")
+    ap.add_argument("--backends", default="torch,onnx", help="with --checkpoint: registry.backend values, in order")
     ap.add_argument("--split", type=Path, default=Path("data/split_unknown"), help="images from <split>/test.csv")
     ap.add_argument("--raw", type=Path, default=Path("data/raw"))
     ap.add_argument("--images", type=int, default=200, help="distinct test images sent round-robin")
@@ -108,43 +169,23 @@ def main() -> None:
     blobs = test_images(args.split, args.raw, args.images)
     bodies = [json.dumps({"dataframe_split": {"columns": [model.IMAGE_COLUMN], "data": [[model.encode(b)]]}})
               .encode() for b in blobs]
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = server.serve_env(args.tracking_uri)
-    log = tempfile.NamedTemporaryFile("w+", prefix="serve-", suffix=".log", delete=False)
-    t0 = time.perf_counter()
-    server = subprocess.Popen(server.serve_command(args.model_uri, port, workers=args.workers), env=env,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        try:
-            server.wait_ready(base, server, args.startup_timeout)
-        except Exception:
-            log.flush()
-            print(Path(log.name).read_text()[-3000:], file=sys.stderr)
-            raise
-        startup = time.perf_counter() - t0
-        asyncio.run(load(f"{base}/invocations", bodies[:2], 2, 2.0, args.timeout))  # warm-up, not counted
-        load_before = os.getloadavg()[0]
-        res = asyncio.run(load(f"{base}/invocations", bodies, args.clients, duration, args.timeout))
-        load_after = os.getloadavg()[0]
-    finally:
-        server.stop(server)
-        log.close()
-        os.unlink(log.name)
-
-    lat = np.array(res["latencies"]) * 1000
-    n_err = sum(res["errors"].values())
-    p50, p99, mx = (np.percentile(lat, 50), np.percentile(lat, 99), lat.max()) if len(lat) else (float("nan"),) * 3
-    print(f"model {args.model_uri}, {len(bodies)} distinct images, one image per request, "
-          f"server workers {args.workers}, startup {startup:.1f} s, "
-          f"1-min load average {load_before:.2f} before / {load_after:.2f} after the load")
+    with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
+        if args.checkpoint:
+            tracking_uri, uris = register_backends(args.checkpoint, blobs[0], args.backends.split(","), Path(tmp))
+        else:
+            tracking_uri, uris = args.tracking_uri, {args.model_uri: args.model_uri}
+        results = {name: serve_and_load(uri, tracking_uri, bodies, args, duration) for name, uri in uris.items()}
+    print(f"{len(bodies)} distinct images, one image per request, server workers {args.workers}, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; 1-min load average before / after: "
+          + ", ".join(f"{n} {r['load'][0]:.2f} / {r['load'][1]:.2f}" for n, r in results.items()))
     print()
-    print("| clients | seconds | requests OK | errors | requests/s | p50 ms | p99 ms | max ms |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    print(f"| {args.clients} | {res['elapsed']:.1f} | {len(lat)} | {n_err} | {len(lat) / res['elapsed']:.1f} | "
-          f"{p50:.0f} | {p99:.0f} | {mx:.0f} |")
-    if res["errors"]:
-        print("\nerrors: " + ", ".join(f"{k}: {v}" for k, v in sorted(res["errors"].items())))
+    print("| model | clients | seconds | requests OK | errors | requests/s | p50 ms | p99 ms | max ms | startup s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, res in results.items():
+        print(row(name, res, args.clients))
+    for name, res in results.items():
+        if res["errors"]:
+            print(f"\n{name} errors: " + ", ".join(f"{k}: {v}" for k, v in sorted(res["errors"].items())))
 
 
 if __name__ == "__main__":
