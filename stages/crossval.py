@@ -28,7 +28,9 @@ def main() -> None:
 
     res = run_stage(p, SplitDir(args.split, args.raw, args.cache), args.out)
     print(f"crossval: {res['folds']} folds, accuracy {res['accuracy']['mean']:.4f} ± {res['accuracy']['std']:.4f}, "
-          f"macro_f1 {res['macro_f1']['mean']:.4f} ± {res['macro_f1']['std']:.4f} -> {args.out}")
+          f"macro_f1 {res['macro_f1']['mean']:.4f} ± {res['macro_f1']['std']:.4f}"
+          + (f", pixel baseline {res['baseline_accuracy']['mean']:.4f} ± {res['baseline_accuracy']['std']:.4f}"
+             if "baseline_accuracy" in res else "") + f" -> {args.out}")
 
 
 if __name__ == "__main__":

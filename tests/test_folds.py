@@ -108,6 +108,9 @@ def test_crossval_returns_per_fold_and_spread():
     for f in res["per_fold"].values():
         assert {"accuracy", "macro_f1", "loss", "head_best_epoch", "finetune_best_epoch"} <= set(f)
         assert 0 <= f["accuracy"] <= 1 and f["n_train"] + f["n_valid"] == len(rows)
+    # the pixel baseline on the same folds: red against blue is colour alone, so pixels get it all right
+    assert all(f["baseline_accuracy"] == 1.0 for f in res["per_fold"].values())
+    assert res["baseline_accuracy"]["mean"] == 1.0
     for key in ("accuracy", "macro_f1", "loss"):
         vals = [f[key] for f in res["per_fold"].values()]
         assert res[key]["min"] == min(vals) and res[key]["max"] == max(vals)

@@ -3,7 +3,9 @@
 Each fold trains as the pipeline does: the train_head stage (ImageNet backbone per model.weights, frozen,
 new head; seeded) and then the finetune stage (seeded again, from the head's best state), on the fold's
 train rows, keeping the best epoch on the held-out fold; the held-out fold is then scored with
-evaluation.metrics.compute. Per fold and mean/std/min/max of accuracy, macro-F1 and loss."""
+evaluation.metrics.compute, beside the pixel baseline (evaluate.baseline_size > 0: logistic regression on the
+fold's raw downscaled pixels, as evaluate reports it). Per fold and mean/std/min/max of accuracy, macro-F1,
+loss and the baseline's accuracy: a comparison over every train + valid image instead of one small test split."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from ..data import transforms
 from ..data.folds import fold_indices
 from ..data.manifest import Row
 from ..data.splitdir import Data, SplitDir
+from ..evaluation.baseline import pixel_baseline
 from ..evaluation.metrics import compute
 from ..inference import Preproc, predict_logits
 from ..runtime import set_seed
@@ -80,8 +83,12 @@ def score_fold(params: dict[str, Any], fold: int, train: Data, valid: Data, clas
     """One fold's headline metrics on its held-out part, the best epochs and the image counts."""
     net, head, tune = train_fold(params, fold, train, valid, classes, pp)
     m = compute(valid.targets, predict_logits(net, valid.images, pp), classes)
-    return {**{k: m[k] for k in HEADLINE}, "head_best_epoch": head.best_epoch,
-            "finetune_best_epoch": tune.best_epoch, "n_train": len(train.targets), "n_valid": len(valid.targets)}
+    size = int(params["evaluate"]["baseline_size"])
+    base = pixel_baseline((train.images, train.targets.numpy()), (valid.images, valid.targets.numpy()),
+                          np.zeros(0), len(classes), size, params["seed"], 0)["accuracy"] if size else None
+    return {**{k: m[k] for k in HEADLINE}, **({"baseline_accuracy": base} if size else {}),
+            "head_best_epoch": head.best_epoch, "finetune_best_epoch": tune.best_epoch,
+            "n_train": len(train.targets), "n_valid": len(valid.targets)}
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -100,11 +107,14 @@ def cross_validate(params: dict[str, Any], folds: list[tuple[list[int], list[int
         t0 = time.perf_counter()
         per_fold[f"fold{i}"] = score_fold(params, i, subset(data, tr), subset(data, va), classes, pp)
         seconds.append(time.perf_counter() - t0)
-        print(f"crossval fold {i}: accuracy {per_fold[f'fold{i}']['accuracy']:.4f} "
-              f"macro_f1 {per_fold[f'fold{i}']['macro_f1']:.4f} ({seconds[-1]:.1f} s)", flush=True)
+        f = per_fold[f"fold{i}"]
+        base = f" (pixel baseline {f['baseline_accuracy']:.4f})" if "baseline_accuracy" in f else ""
+        print(f"crossval fold {i}: accuracy {f['accuracy']:.4f}{base} macro_f1 {f['macro_f1']:.4f} "
+              f"({seconds[-1]:.1f} s)", flush=True)
     out: dict[str, Any] = {"folds": len(folds), "per_fold": per_fold}
-    for key in HEADLINE:
-        out[key] = spread([f[key] for f in per_fold.values()])
+    for key in (*HEADLINE, "baseline_accuracy"):
+        if all(key in f for f in per_fold.values()):
+            out[key] = spread([f[key] for f in per_fold.values()])
     return out, seconds
 
 
