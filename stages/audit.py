@@ -1,6 +1,7 @@
 """Stage audit: data quality of a split folder (data/split: the known classes) on frozen ImageNet features:
 label issues (cleanlab on out-of-fold linear-head probabilities), near-duplicates across splits, per-class
-outliers, class balance. Reports only (its findings stop nothing); train_head and lr_find reuse its features (tlpipe.features)."""
+outliers, class balance. Reports only (its findings stop nothing); train_head, lr_find and crossval reuse its
+features (tlpipe.features)."""
 
 import argparse
 from pathlib import Path

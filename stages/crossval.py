@@ -17,6 +17,8 @@ def main() -> None:
     ap.add_argument("--split", type=Path, default=Path("data/split"))
     ap.add_argument("--cache", type=Path, default=Path("data/cache/split"))
     ap.add_argument("--raw", type=Path, default=Path("data/raw"))
+    ap.add_argument("--features", type=Path, default=Path("data/features"),
+                    help="the audit stage's ImageNet features of the split (used when they match these params)")
     ap.add_argument("--out", type=Path, default=Path("metrics/crossval.json"))
     args = ap.parse_args()
     p = params.load()
@@ -26,7 +28,7 @@ def main() -> None:
         return
     from tlpipe.training.crossval import run_stage  # torch only when folds are on
 
-    res = run_stage(p, SplitDir(args.split, args.raw, args.cache), args.out)
+    res = run_stage(p, SplitDir(args.split, args.raw, args.cache), args.out, args.features)
     print(f"crossval: {res['folds']} folds, accuracy {res['accuracy']['mean']:.4f} ± {res['accuracy']['std']:.4f}, "
           f"macro_f1 {res['macro_f1']['mean']:.4f} ± {res['macro_f1']['std']:.4f}"
           + (f", pixel baseline {res['baseline_accuracy']['mean']:.4f} ± {res['baseline_accuracy']['std']:.4f}"

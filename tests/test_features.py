@@ -80,3 +80,19 @@ def test_features_for_other_settings_are_not_taken(digits, tmp_path, capsys):
     (moved / "train.csv").write_text("".join(lines[:-1]))
     assert features.load(folder, params, dataclasses.replace(split, path=moved), ("train",)) == {}
     assert "computed for other manifests" in capsys.readouterr().out
+
+
+def test_crossval_folds_from_shared_features_score_as_from_their_own(digits):
+    from tlpipe.data.folds import fold_indices
+    from tlpipe.training.crossval import POOL, cross_validate, pooled, pooled_rows
+
+    repo, params, split = digits
+    params = {**params, "finetune": {**params["finetune"], "epochs": 1}}
+    classes, prep = split.classes(), preproc_from_params(params["model"], "cpu")
+    shared = features.load(repo / "data/features", params, split, POOL)
+    folds = fold_indices(pooled_rows(split), 2, params["seed"])
+    with_shared = pooled(split, classes, prep.size, shared)
+    assert with_shared.features is not None and len(with_shared.features) == len(with_shared.targets)
+    a, _ = cross_validate(params, folds, with_shared, classes, prep)
+    b, _ = cross_validate(params, folds, pooled(split, classes, prep.size), classes, prep)
+    assert a == b

@@ -1,9 +1,9 @@
 """The frozen ImageNet backbone's pooled features of a split folder's plain images, computed once.
 
 The audit stage writes them to data/features (<split>.npy, float32, one row per manifest row, and
-features.json); train_head and lr_find read them back instead of running the backbone again, but only when
-features.json's `key` equals the one their own params give (backbone, size, normalisation, batch, device and
-the manifests' bytes). Otherwise they compute the same features themselves, so a stale folder can cost time,
+features.json); train_head, lr_find and crossval read them back instead of running the backbone again, but
+only when features.json's `key` equals the one their own params give (backbone, size, normalisation, batch,
+device and the manifests' bytes). Otherwise they compute the same features themselves, so a stale folder can cost time,
 never a wrong number. Eval mode, no augmentation, the same `run_groups` call as training: the shared features
 are bit-identical to the ones train_head would compute."""
 

@@ -2,8 +2,8 @@
 added), frozen-backbone features once per split, then label issues, cross-split near-duplicates, per-class
 outliers and class balance. Headline counts in metrics/audit.json, details in reports/audit/, the top
 label-issue suspects drawn in plots/audit_label_issues.png; all logged to one MLflow run. Reports only: its
-findings stop nothing; its features (data/features, tlpipe.features) are what train_head and lr_find read
-instead of running the backbone again."""
+findings stop nothing; its features (data/features, tlpipe.features) are what train_head, lr_find and
+crossval read instead of running the backbone again."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .. import features as feature_cache
 from .. import models, tracking
 from ..atomic import write_json
 from ..config.phases import Phase
@@ -39,15 +40,17 @@ def pooled_rows(split: SplitDir) -> list[Row]:
     return [r for s in POOL for r in split.rows(s)]
 
 
-def pooled(split: SplitDir, classes: list[str], size: int) -> Data:
-    """train + valid decoded images (from the split's cache) and targets, in `pooled_rows` order."""
+def pooled(split: SplitDir, classes: list[str], size: int, shared: dict[str, Any] | None = None) -> Data:
+    """train + valid decoded images (from the split's cache) and targets, in `pooled_rows` order; with their
+    plain ImageNet features when `shared` (tlpipe.features.load of POOL) holds them."""
     parts = [split.data(s, classes, size) for s in POOL]
-    return Data(torch.cat([p.images for p in parts]), torch.cat([p.targets for p in parts]))
+    feats = torch.cat([shared[s] for s in POOL]) if shared else None
+    return Data(torch.cat([p.images for p in parts]), torch.cat([p.targets for p in parts]), feats)
 
 
 def subset(data: Data, idx: list[int]) -> Data:
     index = torch.tensor(idx, dtype=torch.long)
-    return Data(data.images[index], data.targets[index])
+    return Data(data.images[index], data.targets[index], None if data.features is None else data.features[index])
 
 
 def _hook(fold: int, phase: str) -> Callable[[dict[str, float]], None]:
@@ -118,15 +121,17 @@ def cross_validate(params: dict[str, Any], folds: list[tuple[list[int], list[int
     return out, seconds
 
 
-def run_stage(params: dict[str, Any], split: SplitDir, out: Path) -> dict[str, Any]:
-    """The crossval stage with folds on: data, one MLflow run, every fold, metrics/crossval.json."""
+def run_stage(params: dict[str, Any], split: SplitDir, out: Path, features: Path | None = None) -> dict[str, Any]:
+    """The crossval stage with folds on: data, one MLflow run, every fold, metrics/crossval.json. `features`:
+    the split's ImageNet features (tlpipe.features), each fold's plain head view when they match."""
     if params["augment"]["engine"] == "v2":
         transforms.build_v2(params["augment"]["v2"])  # a bad op fails here, before any work
     folds = fold_indices(pooled_rows(split), int(params["split"]["folds"]), params["seed"])  # too many: fail now
     classes = split.classes()
     pp = preproc(params["model"], params["device"])
     with tracking.stage_run("crossval", params, params["tracking"]["experiment"]) as tracker:
-        values, seconds = cross_validate(params, folds, pooled(split, classes, pp.size), classes, pp)
+        shared = feature_cache.load(features, params, split, POOL)
+        values, seconds = cross_validate(params, folds, pooled(split, classes, pp.size, shared), classes, pp)
         write_json(out, values)
         tracker.metrics(values)
         tracker.metrics({f"fold{i}_seconds": s for i, s in enumerate(seconds)})
