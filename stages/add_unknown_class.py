@@ -11,6 +11,7 @@ import _path  # noqa: F401
 
 from tlpipe.config.params import load as load_params
 from tlpipe.data.splitdir import add_unknown
+from tlpipe.progress import say
 from tlpipe.stage import entry
 
 
@@ -21,8 +22,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("data/split_unknown"))
     args = ap.parse_args()
     done = add_unknown(args.index, args.split, args.out, load_params())
-    print(f"add_unknown_class: unknown images per split {done['unknown_images']} (seen classes {done['seen']}, "
-          f"held-out {done['held']}) -> {args.out}/")
+    say(f"add_unknown_class: unknown images per split {done['unknown_images']} (seen classes {done['seen']}, "
+        f"held-out {done['held']}) -> {args.out}/")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import _path  # noqa: F401
 from tlpipe.atomic import write_json
 from tlpipe.config import params
 from tlpipe.data.splitdir import SplitDir
+from tlpipe.progress import say
 from tlpipe.stage import entry
 
 
@@ -24,15 +25,15 @@ def main() -> None:
     p = params.load()
     if not p["split"]["folds"]:  # off: no torch, no MLflow run (the default run pays ~1 s)
         write_json(args.out, {"folds": 0})
-        print(f"crossval: off (split.folds 0) -> {args.out}")
+        say(f"crossval: off (split.folds 0) -> {args.out}")
         return
     from tlpipe.training.crossval import run_stage  # torch only when folds are on
 
     res = run_stage(p, SplitDir(args.split, args.raw, args.cache), args.out, args.features)
-    print(f"crossval: {res['folds']} folds, accuracy {res['accuracy']['mean']:.4f} ± {res['accuracy']['std']:.4f}, "
-          f"macro_f1 {res['macro_f1']['mean']:.4f} ± {res['macro_f1']['std']:.4f}"
-          + (f", pixel baseline {res['baseline_accuracy']['mean']:.4f} ± {res['baseline_accuracy']['std']:.4f}"
-             if "baseline_accuracy" in res else "") + f" -> {args.out}")
+    say(f"crossval: {res['folds']} folds, accuracy {res['accuracy']['mean']:.4f} ± {res['accuracy']['std']:.4f}, "
+        f"macro_f1 {res['macro_f1']['mean']:.4f} ± {res['macro_f1']['std']:.4f}"
+        + (f", pixel baseline {res['baseline_accuracy']['mean']:.4f} ± {res['baseline_accuracy']['std']:.4f}"
+           if "baseline_accuracy" in res else "") + f" -> {args.out}")
 
 
 if __name__ == "__main__":

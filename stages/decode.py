@@ -7,6 +7,7 @@ import _path  # noqa: F401
 
 from tlpipe.config.params import load as load_params
 from tlpipe.data import cache
+from tlpipe.progress import say
 from tlpipe.stage import entry
 
 
@@ -18,7 +19,7 @@ def main() -> None:
     args = ap.parse_args()
     size = load_params()["model"]["input_size"]
     counts = cache.build(args.split, args.raw, args.out, size)
-    print(f"decode: {counts} images of {args.split} at {size}px -> {args.out}/")
+    say(f"decode: {counts} images of {args.split} at {size}px -> {args.out}/")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import _path  # noqa: F401
 from tlpipe.atomic import write_json
 from tlpipe.config.params import load as load_params
 from tlpipe.data import rawdir
+from tlpipe.progress import say
 from tlpipe.stage import entry
 
 
@@ -23,8 +24,8 @@ def main() -> None:
     write_json(args.metrics, counts)
     skipped = f", {counts['bad_images']} bad image(s) skipped (listed in {args.out}/bad_images.csv)" \
         if counts["bad_images"] else ""
-    print(f"download: {counts['images']} images of {counts['classes']} classes{skipped} -> {args.out}/ "
-          f"(index {args.out}/index.csv)")
+    say(f"download: {counts['images']} images of {counts['classes']} classes{skipped} -> {args.out}/ "
+        f"(index {args.out}/index.csv)")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import _path  # noqa: F401
 from tlpipe.config.params import load as load_params
 from tlpipe.data.splitdir import SplitDir
 from tlpipe.export import export
+from tlpipe.progress import say
 from tlpipe.stage import entry
 
 
@@ -24,11 +25,11 @@ def main() -> None:
     args = ap.parse_args()
     result = export(args.model, SplitDir(args.split, args.raw, args.cache), args.out, args.metrics, load_params())
     fp32 = result["fp32"]
-    print(f"export: {args.out}: max |Δp| {fp32['max_abs_prob_diff']:.2e}, top-1 agreement {fp32['top1_agreement']:.4f}")
+    say(f"export: {args.out}: max |Δp| {fp32['max_abs_prob_diff']:.2e}, top-1 agreement {fp32['top1_agreement']:.4f}")
     if "int8" in result:
         q = result["int8"]
-        print(f"export: {q['onnx']}: accuracy {q['accuracy']:.4f} ({q['accuracy_change']:+.4f}), "
-              f"top-1 agreement {q['top1_agreement']:.4f}")
+        say(f"export: {q['onnx']}: accuracy {q['accuracy']:.4f} ({q['accuracy_change']:+.4f}), "
+            f"top-1 agreement {q['top1_agreement']:.4f}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import _path  # noqa: F401
 from tlpipe.config.params import load as load_params
 from tlpipe.config.phases import Phase
 from tlpipe.data.splitdir import SplitDir
+from tlpipe.progress import say
 from tlpipe.stage import entry
 from tlpipe.training.parallel import is_main
 from tlpipe.training.stage import Outputs, extend_head, train
@@ -31,7 +32,7 @@ def main() -> None:
         from tlpipe.serving import registry  # mlflow's model code loads only when a model is registered
 
         name, version = registry.register_stage_model(Outputs(args.name).checkpoint(), split, params)
-        print(f"retrain: registered models:/{name}/{version}")
+        say(f"retrain: registered models:/{name}/{version}")
 
 
 if __name__ == "__main__":

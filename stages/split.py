@@ -10,6 +10,7 @@ import _path  # noqa: F401
 
 from tlpipe.config.params import load as load_params
 from tlpipe.data.splitdir import make_split
+from tlpipe.progress import say
 from tlpipe.stage import entry
 
 
@@ -19,7 +20,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("data/split"))
     args = ap.parse_args()
     report = make_split(args.index, args.out, load_params())
-    print(f"split: {report['images']} images, {report['groups']} groups, leak-free -> {args.out}/")
+    say(f"split: {report['images']} images, {report['groups']} groups, leak-free -> {args.out}/")
 
 
 if __name__ == "__main__":

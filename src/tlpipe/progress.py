@@ -28,3 +28,15 @@ def bar(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it
         yield item
     if summary:
         print(f"{desc}: {n} {unit} in {time.perf_counter() - t0:.1f} s", flush=True)
+
+
+WIDTH = 120  # columns a stage's closing line is wrapped to (the terminal width the README's output fits)
+
+
+def say(text: str) -> None:
+    """Print a stage's closing line wrapped to WIDTH columns (continuations indented), flushed: its results and
+    where they went, readable in a 120-column terminal."""
+    import textwrap
+
+    print(textwrap.fill(text, WIDTH, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False),
+          flush=True)

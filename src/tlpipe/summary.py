@@ -12,6 +12,7 @@ from typing import Any
 from . import tracking
 from .atomic import write_json, write_text
 from .errors import PipelineError
+from .progress import say
 
 TRAINING_KEYS = ("best_val_acc", "best_val_loss", "best_epoch")
 SHORT = {  # metrics/summary.json key: (model, key of metrics/evaluate_<model>.json), in the order shown
@@ -79,5 +80,5 @@ def summarize(training: dict[str, Path], evaluation: dict[str, Path], params: di
     if short is not None:
         write_text(short, json.dumps(short_headline(evaluated), indent=2) + "\n")
     shown = ", ".join(f"{k} {values[k]:.4f}" for k in tracking.PIPELINE_COLUMNS if k in values)
-    print(f"summary: MLflow run {parent} ({tracking.exp_name()}): {shown}")
+    say(f"summary: MLflow run {parent} ({tracking.exp_name()}): {shown}")
     return values

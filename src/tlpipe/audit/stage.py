@@ -18,6 +18,7 @@ from .. import features, tracking
 from ..atomic import atomic_dir, write_json
 from ..data import manifest
 from ..data.splitdir import SplitDir
+from ..progress import say
 from ..runtime import set_seed
 from . import checks, report
 
@@ -133,7 +134,7 @@ def run(split: SplitDir, out: Outputs, params: dict[str, Any]) -> dict[str, Any]
         tracker.metrics({**headline, "features_seconds": t1 - t0, "checks_seconds": t2 - t1}, prefix="audit_")
         for f in (out.metrics, out.gallery, *files):
             tracker.artifact(f, "audit")
-    print(f"audit: {headline['label_issues']} label issues, near-duplicates {headline['near_duplicates']}, "
-          f"{headline['outliers']} outliers of {headline['images']} images (features {t1 - t0:.1f} s, checks "
-          f"{t2 - t1:.1f} s) -> {out.metrics}, {out.reports}/, {out.gallery}")
+    say(f"audit: {headline['label_issues']} label issues, near-duplicates {headline['near_duplicates']}, "
+        f"{headline['outliers']} outliers of {headline['images']} images (features {t1 - t0:.1f} s, checks "
+        f"{t2 - t1:.1f} s) -> {out.metrics}, {out.reports}/, {out.gallery}")
     return headline

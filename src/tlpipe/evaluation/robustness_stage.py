@@ -18,6 +18,7 @@ from .. import checkpoint, tracking
 from ..atomic import atomic_path, write_json
 from ..data.splitdir import SplitDir
 from ..inference import preproc_from_meta
+from ..progress import say
 from ..runtime import set_seed
 from . import robustness
 from .plots import _pyplot, _save
@@ -96,6 +97,6 @@ def run(model: Path, split: SplitDir, name: str, params: dict[str, Any]) -> dict
         for f in (out["metrics"], out["report"], out["csv"], out["png"]):
             tracker.artifact(f)
     w = result["worst"]
-    print(f"robustness {name}: clean {result['clean']:.4f}, corrupted mean {result['mean']:.4f}, worst "
-          f"{w['corruption']} s{w['severity']} {w['accuracy']:.4f} ({seconds:.1f} s) -> {out['metrics']}")
+    say(f"robustness {name}: clean {result['clean']:.4f}, corrupted mean {result['mean']:.4f}, worst "
+        f"{w['corruption']} s{w['severity']} {w['accuracy']:.4f} ({seconds:.1f} s) -> {out['metrics']}")
     return result

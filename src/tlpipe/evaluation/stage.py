@@ -21,6 +21,7 @@ from ..data import manifest
 from ..data.splitdir import SplitDir
 from ..inference import Preproc, predict_logits, preproc_from_meta
 from ..models import Net
+from ..progress import say
 from ..runtime import set_seed
 from . import bootstrap, metrics as closed, openset, plots
 from .baseline import pixel_baseline
@@ -231,5 +232,5 @@ def evaluate(model: Path, split: SplitDir, out: Outputs, params: dict[str, Any])
         tracker.metrics(result["per_class"], prefix="test_")
         for f in files:
             tracker.artifact(f)
-    print(f"{summary_line(out.name, result, t)} -> {out.metrics_file}, {out.report_dir}/, {out.plots}/")
+    say(f"{summary_line(out.name, result, t)} -> {out.metrics_file}, {out.report_dir}/, {out.plots}/")
     return result

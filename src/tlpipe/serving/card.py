@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from ..config.params import flatten
+from ..progress import say
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -189,6 +190,6 @@ def run(params: dict[str, Any], out: Path = Path("reports/model_card.md"), name:
         uri = tracking.tracking_uri(Path("."))
         with tracking.store_lock(uri, params["tracking"]["connect_timeout"]):
             version = describe_registered(text, params)
-    print(f"model_card: {out}" + (f", description of models:/{params['registry']['model_name']}/{version}"
-                                  if version else ""))
+    say(f"model_card: {out}" + (f", description of models:/{params['registry']['model_name']}/{version}"
+                                if version else ""))
     return text

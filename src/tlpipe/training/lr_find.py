@@ -24,6 +24,7 @@ from ..data.transforms import make_augment
 from ..errors import PipelineError
 from ..evaluation import plots
 from ..inference import Preproc, preproc_from_params, to_channels_last
+from ..progress import say
 from ..runtime import set_seed
 from .loop import Mode, create_mode
 from .optim import make_optimizer
@@ -145,6 +146,6 @@ def run_stage(params: dict[str, Any], split: SplitDir, init: Path, out: Path, pl
         for f in (out, plot_dir / "lr_find.png"):
             tracker.artifact(f)
     sets = " ".join(f"-S {k}={v:g}" for k, v in result["set"].items())
-    print(f"lr_find: head {result['head']['suggestion']:g}, finetune {result['finetune']['suggestion']:g} "
-          f"({RULE}); try: dvc exp run {sets}")
+    say(f"lr_find: head {result['head']['suggestion']:g}, finetune {result['finetune']['suggestion']:g} "
+        f"({RULE}); try: dvc exp run {sets}")
     return result

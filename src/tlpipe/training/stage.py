@@ -19,6 +19,7 @@ from ..data.splitdir import Data, SplitDir
 from ..evaluation import plots
 from ..evaluation.calibration import fit_temperature
 from ..inference import Preproc, predict_logits, preproc_from_params
+from ..progress import say
 from ..runtime import set_seed
 from . import parallel
 from .loop import FitResult, better, fit
@@ -160,8 +161,8 @@ def train(stage: str, out: Outputs, params: dict[str, Any], split: SplitDir, pha
         save_training(out, net, meta_for(params["model"], classes, prep, extra), res, history, valid, prep, tracker)
     for f in out.resume.glob(f"{out.name}-*.pt"):  # outputs are complete: progress files are no longer needed
         f.unlink()
-    print(f"{stage}: best epoch {res.best_epoch}, val_acc {res.best_val_acc:.4f} -> {out.checkpoint()}, "
-          f"{out.metrics / out.name}.json, {out.plots / out.name}.png")
+    say(f"{stage}: best epoch {res.best_epoch}, val_acc {res.best_val_acc:.4f} -> {out.checkpoint()}, "
+        f"{out.metrics / out.name}.json, {out.plots / out.name}.png")
     return res
 
 
