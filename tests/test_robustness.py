@@ -122,8 +122,15 @@ def test_report_accuracy_is_exact(tiny):
 
 
 def test_subset_is_seeded_ordered_and_optional():
-    x, y = _images(n=10), torch.arange(10)
-    assert subset(x, y, 0, seed=1)[1].tolist() == list(range(10)) and subset(x, y, 50, seed=1)[0] is x
-    xs, ys = subset(x, y, 4, seed=1)
-    assert len(xs) == 4 and ys.tolist() == sorted(ys.tolist()) and torch.equal(xs, x[ys])
-    assert torch.equal(subset(x, y, 4, seed=1)[1], ys)
+    assert subset(0, 10, seed=1).tolist() == list(range(10)) and subset(50, 10, seed=1).tolist() == list(range(10))
+    idx = subset(4, 10, seed=1)
+    assert len(idx) == 4 and idx.tolist() == sorted(idx.tolist()) and len(set(idx.tolist())) == 4
+    assert torch.equal(subset(4, 10, seed=1), idx) and not torch.equal(subset(4, 10, seed=2), idx)
+
+
+def test_report_takes_the_callers_clean_accuracy(tiny):
+    """evaluate passes the clean accuracy of its own logits: no second clean pass, the same corrupted rows."""
+    net, x, y, pp = tiny
+    scored = R.report(net, x, y, pp, seed=0, names=["noise"])
+    given = R.report(net, x, y, pp, seed=0, names=["noise"], clean=0.125)
+    assert given["clean"] == 0.125 and given["corruptions"] == scored["corruptions"]

@@ -1,8 +1,11 @@
-"""The robustness stage's body: closed-set test accuracy of one checkpoint under seeded corruptions
-(evaluation.robustness), written as a metrics file, DVC plot data and a figure, logged to its own MLflow run.
+"""The robustness report of one checkpoint, run by the evaluate stage after its metrics: closed-set test
+accuracy under seeded corruptions (evaluation.robustness), written as a metrics file, DVC plot data and a
+figure, logged to its own MLflow run (`robustness_<name>`).
 
 Measured on exactly the rows evaluate's closed-set metrics use (evaluation.stage.closed_set): the known test
-images, plus the seen-unknown ones for a model with an `unknown` class."""
+images, plus the seen-unknown ones for a model with an `unknown` class. Run inside evaluate, it reuses the
+loaded model, the decoded test images and their clean logits, instead of paying a stage's start-up (imports,
+MLflow store, checkpoint, a clean pass) a second time."""
 
 from __future__ import annotations
 
@@ -14,15 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import checkpoint, tracking
+from .. import tracking
 from ..atomic import atomic_path, write_json
-from ..data.splitdir import SplitDir
-from ..inference import preproc_from_meta
+from ..inference import Preproc
+from ..models import Net
 from ..progress import say
 from ..runtime import set_seed
 from . import robustness
 from .plots import _pyplot, _save
-from .stage import closed_set, score_split
 
 
 def outputs(name: str, metrics: Path = Path("metrics"), plots: Path = Path("plots"),
@@ -66,28 +68,26 @@ def figure(path: Path, result: dict[str, Any], title: str) -> None:
     _save(fig, path)
 
 
-def subset(images: torch.Tensor, targets: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded random `n` of the images, in their order (n = 0 or n >= all: every image)."""
-    if not 0 < n < len(images):
-        return images, targets
-    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    return images[idx], targets[idx]
+def subset(n: int, total: int, seed: int) -> torch.Tensor:
+    """Indices of a seeded random `n` of `total` rows, in their order (n = 0 or n >= total: every row)."""
+    if not 0 < n < total:
+        return torch.arange(total)
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
 
 
-def run(model: Path, split: SplitDir, name: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The whole stage for one checkpoint: closed-set test rows, corrupted passes, outputs, one MLflow run."""
-    set_seed(params["seed"], params["device"])
+def run(net: Net, pp: Preproc, images: torch.Tensor, targets: torch.Tensor, clean_logits: torch.Tensor, name: str,
+        params: dict[str, Any]) -> dict[str, Any]:
+    """The report of one model on its closed-set test rows (`images`, `targets`, and the logits evaluate
+    scored them with, which give the clean accuracy): corrupted passes, outputs, one MLflow run."""
+    set_seed(params["seed"], params["device"])  # the same state as a fresh process, whatever ran before
     out = outputs(name)
+    idx = subset(params["robustness"]["max_images"], len(targets), params["seed"])
+    images, targets, clean_logits = images[idx], targets[idx], clean_logits[idx]
     with tracking.stage_run(f"robustness_{name}", params, params["tracking"]["experiment"]) as tracker:
-        net, meta = checkpoint.restore(model)
-        pp = preproc_from_meta(meta, params["device"], params["model"]["channels_last"], params["evaluate"]["batch_size"])
-        net.to(pp.device)
-        test = score_split(net, split, "test", meta["classes"], set(split.info().get("holdout_ids", [])), pp)
-        keep = closed_set(test, meta["classes"])
-        images, targets = subset(split.images("test", pp.size)[torch.from_numpy(keep)], test.target[keep],
-                                 params["robustness"]["max_images"], params["seed"])
         start = time.perf_counter()
-        result = robustness.report(net, images, targets, pp, params["seed"], params["robustness"]["corruptions"])
+        clean = round(float((clean_logits.argmax(1) == targets).float().mean()) if len(targets) else 0.0, 6)
+        result = robustness.report(net, images, targets, pp, params["seed"], params["robustness"]["corruptions"],
+                                   clean=clean)
         seconds = time.perf_counter() - start
         write_json(out["metrics"], {k: result[k] for k in ("clean", "mean", "worst")})
         write_json(out["report"], result)

@@ -23,7 +23,7 @@ from ..inference import Preproc, predict_logits, preproc_from_meta
 from ..models import Net
 from ..progress import say
 from ..runtime import set_seed
-from . import bootstrap, metrics as closed, openset, plots
+from . import bootstrap, metrics as closed, openset, plots, robustness_stage
 from .baseline import pixel_baseline
 from .calibration import ece
 
@@ -212,7 +212,8 @@ def _bracket(interval: list[float] | None) -> str:
 
 
 def evaluate(model: Path, split: SplitDir, out: Outputs, params: dict[str, Any]) -> dict[str, Any]:
-    """The whole stage for one checkpoint: score test and valid, measure, write, log to one MLflow run."""
+    """The whole stage for one checkpoint: score test and valid, measure, write, log to one MLflow run; then
+    the robustness report on the same closed-set test rows, in its own MLflow run (robustness_stage)."""
     set_seed(params["seed"], params["device"])
     holdout = set(split.info().get("holdout_ids", []))
     with tracking.stage_run(f"evaluate_{out.name}", params, params["tracking"]["experiment"]) as tracker:
@@ -233,4 +234,6 @@ def evaluate(model: Path, split: SplitDir, out: Outputs, params: dict[str, Any])
         for f in files:
             tracker.artifact(f)
     say(f"{summary_line(out.name, result, t)} -> {out.metrics_file}, {out.report_dir}/, {out.plots}/")
+    rows = torch.from_numpy(keep)
+    robustness_stage.run(net, pp, test_images[rows], test.target[rows], test.logits[rows], out.name, params)
     return result
