@@ -189,3 +189,37 @@ def test_hub_weights_corrupt_cache_file(tmp_path, monkeypatch, no_network):
     with pytest.raises(PipelineError) as info:
         models.build("resnet18", 3, pretrained=True)
     assert str(bad) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18", "mobilenet_v3_large"])
+def test_folded_batchnorm_copy_gives_the_same_features(backbone):
+    """The eval passes run a BatchNorm-folded copy: same features, fewer norm layers, the original untouched."""
+    torch.manual_seed(0)
+    net = models.build(backbone, 5, pretrained=False).eval()
+    for m in net.modules():  # non-trivial statistics, so that folding has something to get wrong
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    folded, pairs = models.fold_batchnorm(net)
+    bns = lambda n: sum(isinstance(m, torch.nn.BatchNorm2d) for m in n.modules())  # noqa: E731
+    assert pairs > 0 and bns(folded) == bns(net) - pairs
+    x = torch.randn(3, 3, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(folded.features(x), net.features(x), rtol=1e-4, atol=1e-4)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_eval_passes_follow_weight_changes():
+    """run_groups caches the folded copy per state of the weights: an optimiser step or a load makes a new one."""
+    from tlpipe import inference
+
+    torch.manual_seed(0)
+    net = models.build("efficientnet_lite0", 3, pretrained=False)
+    pp = inference.Preproc((0.5,) * 3, (0.5,) * 3, 32, torch.device("cpu"), True, 4)
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    first = inference.predict_logits(net, images, pp)
+    with torch.no_grad():
+        net.groups[5][0].conv_pw.weight.mul_(0.5)
+        plain = net(inference.prepare(images, pp))
+    torch.testing.assert_close(inference.predict_logits(net, images, pp), plain, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(first, plain, atol=1e-3)

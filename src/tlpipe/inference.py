@@ -4,6 +4,7 @@ Imported by predict, serving, evaluation and training; imports nothing from them
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -83,19 +84,46 @@ def prepare(x: torch.Tensor, prep: Preproc) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if prep.channels_last else x
 
 
+_FOLDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> (its weights' key, folded copy or None)
+
+
+def _weights_key(net: nn.Module) -> tuple:
+    """Changes whenever a weight or buffer of `net` does: in place (an optimiser step, load_state_dict bump
+    the tensor's version), or moved (.to(device), channels_last give new storage)."""
+    return tuple((t.data_ptr(), t._version) for t in (*net.parameters(), *net.buffers()))
+
+
+def eval_net(net: models.Net, x: torch.Tensor) -> models.Net:
+    """The module to run an eval-mode pass of `net` with: its BatchNorm-folded copy (models.fold_batchnorm),
+    made once per state of the weights, when it gives net's features on the first images of the prepared
+    batch `x` (to 1e-3 of their scale); else `net` itself."""
+    key = _weights_key(net)
+    hit = _FOLDED.get(net)
+    if hit is None or hit[0] != key:
+        folded, pairs = models.fold_batchnorm(net)
+        probe = x[:2]
+        ref = net.features(probe)
+        same = pairs > 0 and float((folded.features(probe) - ref).abs().max()) <= 1e-3 * (1 + float(ref.abs().max()))
+        hit = (key, folded if same else None)
+        _FOLDED[net] = hit
+    return hit[1] if hit[1] is not None else net
+
+
 @torch.no_grad()
 def run_groups(net: models.Net, images: torch.Tensor, prep: Preproc, stop: int | None,
                tf: Callable[[torch.Tensor], torch.Tensor] | None = None, desc: str = "") -> torch.Tensor:
-    """Eval-mode pass of groups[:stop] (pooled features when stop is None) over uint8 images."""
+    """Eval-mode pass of groups[:stop] (pooled features when stop is None) over uint8 images, through the
+    BatchNorm-folded copy of `net` (eval_net)."""
     net.eval()
     if prep.channels_last:
         to_channels_last(net)
-    outs = []
+    outs, run = [], None
     steps = range(0, len(images), prep.batch)
     for i in (progress.bar(steps, desc, unit="batches") if desc and len(steps) >= 4 else steps):
         x = to_device(images[i : i + prep.batch], prep.device)
         x = prepare(tf(x) if tf is not None else x, prep)
-        outs.append(net.features(x) if stop is None else net.forward_groups(x, 0, stop))
+        run = run or eval_net(net, x)
+        outs.append(run.features(x) if stop is None else run.forward_groups(x, 0, stop))
     return torch.cat(outs) if outs else torch.empty(0)
 
 

@@ -1,7 +1,9 @@
-"""Backbone registry: ImageNet-pretrained CNNs split into block groups, a new head, freezing by groups."""
+"""Backbone registry: ImageNet-pretrained CNNs split into block groups, a new head, freezing by groups; an
+eval-mode copy with BatchNorm folded into the convolutions before it."""
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 from dataclasses import dataclass
@@ -192,3 +194,45 @@ def replace_head(net: Net, num_classes: int, keep_rows: int = 0) -> None:
         with torch.no_grad():
             net.head.weight[:keep_rows] = old.weight[:keep_rows]
             net.head.bias[:keep_rows] = old.bias[:keep_rows]
+
+
+# ---------------------------------------------------------------- BatchNorm folded into convolutions (eval only)
+class _ActOnly(nn.Module):
+    """What is left of a folded norm layer: timm's BatchNormAct2d keeps its dropout and activation."""
+
+    def __init__(self, bn: nn.Module):
+        super().__init__()
+        self.drop = getattr(bn, "drop", nn.Identity())
+        self.act = getattr(bn, "act", nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(x))
+
+
+def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """conv's weight and bias absorb bn's running statistics and affine transform (eval-mode arithmetic)."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.affine:
+        scale = bn.weight.detach() * scale
+    shift = -bn.running_mean * scale + (bn.bias.detach() if bn.affine else 0.0)
+    bias = shift if conv.bias is None else shift + conv.bias.detach() * scale
+    conv.weight = nn.Parameter(conv.weight.detach() * scale.view(-1, 1, 1, 1), requires_grad=False)
+    conv.bias = nn.Parameter(bias, requires_grad=False)
+
+
+def fold_batchnorm(net: Net) -> tuple[Net, int]:
+    """An eval-mode copy of `net` in which every BatchNorm2d that directly follows a Conv2d among its parent's
+    children (the layout of timm's EfficientNet blocks, ResNet and torchvision's conv-norm-activation) is
+    folded into that convolution: the same function with one layer less per pair (EfficientNet-Lite0 eval
+    1.5-1.8x faster on 2 CPU cores, bench/README.md 10.). Returns the copy and how many pairs it folded;
+    `net` is untouched. Callers check the copy against `net` (registration order is not call order)."""
+    out, n = copy.deepcopy(net).eval(), 0
+    for parent in out.modules():
+        kids = list(parent.named_children())
+        for (_, conv), (name, bn) in zip(kids, kids[1:]):
+            if (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats
+                    and bn.num_features == conv.out_channels):
+                _fold_pair(conv, bn)
+                setattr(parent, name, nn.Identity() if type(bn) is nn.BatchNorm2d else _ActOnly(bn))
+                n += 1
+    return out.requires_grad_(False), n

@@ -67,8 +67,18 @@ def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float, float]:
 
 
 def _mode(net: models.Net, phase: Phase) -> Mode:
-    """The phase's own Mode; fine-tuning always on a cached prefix (prefix_views >= 1: the sweep is fast)."""
-    return create_mode(net, replace(phase, prefix_views=max(phase.prefix_views, 1)))  # head mode ignores it
+    """The phase's own Mode on one cached view of the plain images (features for the head, the prefix for
+    fine-tuning): a sweep of a few hundred random batches needs no augmented views."""
+    return create_mode(net, replace(phase, prefix_views=1, feature_views=1))
+
+
+def sample(train: Data, n: int, seed: int) -> Data:
+    """A seeded random `n` of the training images (all when n >= their number), with their cached features:
+    a sweep draws steps x batch_size images, so computing a prefix for the others would be wasted."""
+    if n >= len(train.targets):
+        return train
+    idx = torch.randperm(len(train.targets), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return Data(train.images[idx], train.targets[idx], None if train.features is None else train.features[idx])
 
 
 def sweep(net: models.Net, train: Data, phase: Phase, prep: Preproc, augment: dict[str, Any], steps: int,
@@ -79,6 +89,7 @@ def sweep(net: models.Net, train: Data, phase: Phase, prep: Preproc, augment: di
     if prep.channels_last:
         to_channels_last(net)
     mode = _mode(net, phase)
+    train = sample(train, steps * phase.batch_size, seed)
     gen = torch.Generator().manual_seed(seed)
     tf = make_augment(augment, torch.Generator().manual_seed(seed + 1), prep.size)
     mode.build(train, Data(train.images[:1], train.targets[:1]), prep, tf)  # validation is not needed
