@@ -268,3 +268,51 @@ def test_phase_from_params_reads_repo_sections():
     assert tune.unfreeze_blocks == p["finetune"]["unfreeze_blocks"]
     assert tune.lr == pytest.approx(p["train"]["lr"] * p["finetune"]["lr_scale"])
     assert Phase.from_params(p, "retrain.finetune").bn_train == p["retrain"]["finetune"]["bn_train"]
+
+
+def test_head_then_partial_phase_reuse_the_plain_prefix(data, monkeypatch):
+    """retrain's head phase leaves the frozen prefix of the plain images to its fine-tuning phase: the same
+    activations (so the same training, up to float rounding: the head's features then come through the
+    unfolded top groups), one pass fewer over train and over valid."""
+    from tlpipe.training import loop
+    from tlpipe.training.loop import memo_for
+
+    train, valid = data
+    pp = preproc("efficientnet_lite0")
+    head, tune = phase(epochs=1), phase(epochs=1, lr=0.001, unfreeze_blocks=2, prefix_views=2)
+    memos = memo_for([head, tune], 9)
+    assert memos[0] is memos[1] and memos[0].tap == 7 and memo_for([head, replace(tune, prefix_views=0)], 9) == [None] * 2
+
+    calls = []
+    real = loop.run_groups
+    monkeypatch.setattr(loop, "run_groups", lambda net, images, p, stop, tf=None, desc="": (
+        calls.append((stop, tf is None)), real(net, images, p, stop, tf, desc))[1])
+    histories = []
+    for shared in (True, False):
+        calls.clear()
+        net = fresh_net("efficientnet_lite0", seed=5)
+        ms = memo_for([head, tune], len(net.groups)) if shared else [None, None]
+        fit(net, train, valid, head, pp, AUG, memo=ms[0])
+        if shared:
+            kept = ms[1].get("train", net, 7)
+            torch.testing.assert_close(kept, run_groups(net, train.images, pp, 7))
+        histories.append(fit(net, train, valid, tune, pp, AUG, memo=ms[1]).history)
+        if shared:  # head: prefix of train and valid; fine-tuning: only the augmented view
+            assert calls == [(7, True), (7, True), (7, False)]
+        else:
+            assert calls == [(None, True), (None, True), (7, True), (7, True), (7, False)]
+    assert [pytest.approx(h, rel=1e-5) for h in histories[0]] == histories[1]
+
+
+def test_prefix_memo_is_not_used_after_the_prefix_changed(data):
+    from tlpipe.training.loop import PrefixMemo
+
+    train, _ = data
+    pp = preproc("efficientnet_lite0")
+    net = fresh_net("efficientnet_lite0", seed=5)
+    memo = PrefixMemo(7)
+    memo.put("train", net, run_groups(net, train.images, pp, 7))
+    assert memo.get("train", net, 7) is not None and memo.get("train", net, 6) is None
+    with torch.no_grad():
+        net.groups[2][0].conv_pw.weight.add_(0.01)
+    assert memo.get("train", net, 7) is None

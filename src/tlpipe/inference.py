@@ -128,6 +128,14 @@ def run_groups(net: models.Net, images: torch.Tensor, prep: Preproc, stop: int |
 
 
 @torch.no_grad()
+def run_rest(net: models.Net, prefix: torch.Tensor, start: int, batch: int) -> torch.Tensor:
+    """Eval-mode pooled features from the activations `prefix` of groups[:start] (run_groups(..., start))."""
+    net.eval()
+    return torch.cat([net.pool(net.forward_groups(prefix[i : i + batch], start, None))
+                      for i in range(0, len(prefix), batch)]) if len(prefix) else torch.empty(0)
+
+
+@torch.no_grad()
 def predict_logits(net: models.Net, images: torch.Tensor, prep: Preproc) -> torch.Tensor:
     """(N, classes) float logits on the CPU of uint8 NCHW images."""
     feats = run_groups(net, images, prep, None)

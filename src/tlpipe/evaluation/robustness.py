@@ -164,12 +164,11 @@ def corrupt(images: torch.Tensor, name: str, severity: int, seed: int) -> torch.
 
 def accuracy(net: Net, images: torch.Tensor, targets: torch.Tensor, pp: Preproc,
              fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
-    """Top-1 accuracy, batch by batch (pp.batch images corrupted and scored at a time)."""
-    correct = 0
-    for i in range(0, len(images), pp.batch):
-        x = images[i : i + pp.batch]
-        pred = predict_logits(net, fn(x) if fn is not None else x, pp).argmax(1)
-        correct += int((pred == targets[i : i + pp.batch]).sum())
+    """Top-1 accuracy: images corrupted pp.batch at a time (the draws per batch), then scored in one pass."""
+    if fn is not None:
+        images = torch.cat([fn(images[i : i + pp.batch]) for i in range(0, len(images), pp.batch)]) \
+            if len(images) else images
+    correct = int((predict_logits(net, images, pp).argmax(1) == targets).sum()) if len(images) else 0
     return round(correct / max(len(images), 1), 6)
 
 

@@ -19,13 +19,46 @@ from ..atomic import atomic_path
 from ..config.phases import Phase
 from ..data.splitdir import Data
 from ..data.transforms import Augment, make_augment
-from ..inference import Preproc, prepare, run_groups, to_channels_last, to_device
+from ..inference import Preproc, prepare, run_groups, run_rest, to_channels_last, to_device
 from .mixing import Mixer
 from . import parallel
 from .optim import Schedule, make_optimizer
 from .resume import RESUME_FORMAT, Resume, fingerprint, read, subset
 
 EpochHook = Callable[[dict[str, float]], None]
+
+
+class PrefixMemo:
+    """Plain-image activations of groups[:tap] that a head phase computes on its way to the pooled features,
+    kept for the partial phase after it whose first unfrozen group is `tap` (retrain: the same frozen prefix
+    over every known and unknown image, computed once instead of twice). A stored prefix is used only while
+    those groups hold the weights it was computed with (compared exactly)."""
+
+    def __init__(self, tap: int):
+        self.tap = tap
+        self.store: dict[str, tuple[dict[str, torch.Tensor], torch.Tensor]] = {}
+
+    def _weights(self, net: models.Net) -> dict[str, torch.Tensor]:
+        return nn.Sequential(*net.groups[: self.tap]).state_dict()
+
+    def put(self, split: str, net: models.Net, prefix: torch.Tensor) -> None:
+        self.store[split] = ({k: v.detach().clone() for k, v in self._weights(net).items()}, prefix)
+
+    def get(self, split: str, net: models.Net, first: int) -> torch.Tensor | None:
+        if first != self.tap or split not in self.store:
+            return None
+        saved, prefix = self.store[split]
+        now = self._weights(net)
+        return prefix if saved.keys() == now.keys() and all(torch.equal(saved[k], now[k]) for k in saved) else None
+
+
+def memo_for(phases: list[Phase], n_groups: int) -> list[PrefixMemo | None]:
+    """Per phase, the memo it fills (a head phase followed by a partial phase with a cached prefix) or reads."""
+    memos: list[PrefixMemo | None] = [None] * len(phases)
+    for i, (a, b) in enumerate(zip(phases, phases[1:])):
+        if a.unfreeze_blocks == 0 and b.unfreeze_blocks > 0 and b.prefix_views > 0:
+            memos[i] = memos[i + 1] = PrefixMemo(n_groups - b.unfreeze_blocks)
+    return memos
 
 
 @dataclass
@@ -79,8 +112,8 @@ class Mode(ABC):
     best_keys: tuple[str, ...]
     trainable: list[nn.Parameter]
 
-    def __init__(self, net: models.Net, phase: Phase):
-        self.net, self.phase = net, phase
+    def __init__(self, net: models.Net, phase: Phase, memo: PrefixMemo | None = None):
+        self.net, self.phase, self.memo = net, phase, memo
         self.first = models.freeze(net, phase.unfreeze_blocks)
 
     @abstractmethod
@@ -117,20 +150,29 @@ class HeadMode(Mode):
 
     kind = "head"
 
-    def __init__(self, net: models.Net, phase: Phase):
-        super().__init__(net, phase)
+    def __init__(self, net: models.Net, phase: Phase, memo: PrefixMemo | None = None):
+        super().__init__(net, phase, memo)
         self.keep, self.keys, self.best_keys = net.head, ("head.",), ("",)
         self.trainable = list(net.head.parameters())
 
+    def _plain(self, data: Data, split: str, prep: Preproc, desc: str) -> torch.Tensor:
+        """Pooled features of the plain images: `data.features` when given (the same pass, computed earlier by
+        the audit stage; see tlpipe.features); else computed, through the memo's prefix when there is one."""
+        if data.features is not None:
+            return data.features.to(prep.device)
+        if self.memo is None:
+            return run_groups(self.net, data.images, prep, None, desc=desc)
+        prefix = run_groups(self.net, data.images, prep, self.memo.tap, desc=desc)
+        self.memo.put(split, self.net, prefix)
+        return run_rest(self.net, prefix, self.memo.tap, prep.batch)
+
     def build(self, train: Data, valid: Data, prep: Preproc, tf: Augment) -> None:
-        """View 0 is the plain images: taken from `train.features` when given (the same pass, computed earlier by
-        the audit stage; see tlpipe.features), like the validation features from `valid.features`."""
-        views = [train.features.to(prep.device) if v == 0 and train.features is not None else
-                 run_groups(self.net, train.images, prep, None, tf if v else None, desc=f"features view {v}")
+        """View 0 is the plain images (`_plain`), the others augmented."""
+        views = [self._plain(train, "train", prep, "features view 0") if v == 0 else
+                 run_groups(self.net, train.images, prep, None, tf, desc=f"features view {v}")
                  for v in range(self.phase.feature_views)]
         self.feats = torch.stack(views)  # V, N, D
-        self.vfeats = valid.features.to(prep.device) if valid.features is not None else \
-            run_groups(self.net, valid.images, prep, None, desc="features valid")
+        self.vfeats = self._plain(valid, "valid", prep, "features valid")
 
     def inputs(self, idx: torch.Tensor, gen: torch.Generator, pick: slice = slice(None)) -> torch.Tensor:
         return self.feats[torch.randint(0, self.phase.feature_views, (len(idx),), generator=gen)[pick], idx[pick]]
@@ -160,20 +202,25 @@ class PartialMode(Mode):
 
     kind = "partial"
 
-    def __init__(self, net: models.Net, phase: Phase):
-        super().__init__(net, phase)
+    def __init__(self, net: models.Net, phase: Phase, memo: PrefixMemo | None = None):
+        super().__init__(net, phase, memo)
         self.keep = net
         self.keys = self.best_keys = tuple(f"groups.{i}." for i in range(self.first, len(net.groups))) + (
             "pool.", "head.")
         self.backbone = [p for g in net.groups[self.first:] for p in g.parameters()] + list(net.pool.parameters())
         self.trainable = self.backbone + list(net.head.parameters())
 
+    def _prefix(self, data: Data, split: str, prep: Preproc, tf: Augment | None, desc: str) -> torch.Tensor:
+        """Frozen-prefix activations; the plain ones from the memo when the head phase before left them."""
+        hit = self.memo.get(split, self.net, self.first) if self.memo is not None and tf is None else None
+        return hit if hit is not None else run_groups(self.net, data.images, prep, self.first, tf, desc=desc)
+
     def build(self, train: Data, valid: Data, prep: Preproc, tf: Augment) -> None:
-        self.vprefix = run_groups(self.net, valid.images, prep, self.first)  # constant: frozen, no augmentation
+        self.vprefix = self._prefix(valid, "valid", prep, None, "")  # constant: frozen, no augmentation
         views = self.phase.prefix_views
         if views > 0:  # K cached views: 1 plain + K-1 augmented, computed once
-            self.cached = torch.stack([run_groups(self.net, train.images, prep, self.first, tf if v else None,
-                                                  desc=f"prefix view {v}") for v in range(views)])
+            self.cached = torch.stack([self._prefix(train, "train", prep, tf if v else None, f"prefix view {v}")
+                                       for v in range(views)])
         self.train_images, self.prep, self.tf = train.images, prep, tf
 
     @torch.no_grad()
@@ -201,9 +248,9 @@ class PartialMode(Mode):
                 {"params": self.backbone, "lr": self.phase.lr * self.phase.backbone_lr_mult}]
 
 
-def create_mode(net: models.Net, phase: Phase) -> Mode:
+def create_mode(net: models.Net, phase: Phase, memo: PrefixMemo | None = None) -> Mode:
     """Head only on cached features when the phase unfreezes no block, else partial fine-tuning."""
-    return (HeadMode if phase.unfreeze_blocks == 0 else PartialMode)(net, phase)
+    return (HeadMode if phase.unfreeze_blocks == 0 else PartialMode)(net, phase, memo)
 
 
 @dataclass
@@ -360,15 +407,17 @@ def _epochs(loop: _Loop, saved: dict[str, Any] | None, y: torch.Tensor, hook: Ep
 
 
 def fit(net: models.Net, train: Data, valid: Data, phase: Phase, prep: Preproc, augment: dict[str, Any],
-        hook: EpochHook | None = None, resume: Resume | None = None, precision: str = "fp32") -> FitResult:
+        hook: EpochHook | None = None, resume: Resume | None = None, precision: str = "fp32",
+        memo: PrefixMemo | None = None) -> FitResult:
     """Train per `phase`: head only on cached features when unfreeze_blocks is 0, else partial fine-tuning.
     `augment` is the params section of that name; `resume` where progress is saved (None: not saved);
-    `precision` train.precision (see parallel). Under torchrun every rank calls it alike (see parallel)."""
+    `precision` train.precision (see parallel); `memo` shares a plain prefix between phases (memo_for).
+    Under torchrun every rank calls it alike (see parallel)."""
     amp = parallel.Amp(precision, prep.device)
     net.to(prep.device)
     if prep.channels_last:
         to_channels_last(net)
-    mode = create_mode(net, phase)
+    mode = create_mode(net, phase, memo)
     parallel.sync_rng()
     extra = ([precision] if precision != "fp32" else []) + ([parallel.world()] if parallel.world() > 1 else [])
     fp = fingerprint(mode.kind, phase, prep, augment, net.state_dict(), train.images, train.targets, valid.images,

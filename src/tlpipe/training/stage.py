@@ -22,7 +22,7 @@ from ..inference import Preproc, predict_logits, preproc_from_params
 from ..progress import say
 from ..runtime import set_seed
 from . import parallel
-from .loop import FitResult, better, fit
+from .loop import FitResult, better, fit, memo_for
 from .resume import Resume
 
 
@@ -75,10 +75,11 @@ def run_phases(net: models.Net, phases: list[tuple[str, Phase]], train: Data, va
     history: list[dict[str, Any]] = []
     best = FitResult()
     offset = 0
-    for name, phase in phases:
+    memos = memo_for([phase for _, phase in phases], len(net.groups))
+    for (name, phase), memo in zip(phases, memos):
         t0 = time.perf_counter()
         res = fit(net, train, valid, phase, prep, augment, _epoch_hook(name, offset, tracker, history), resume(name),
-                  precision)
+                  precision, memo)
         tracker.metrics({f"{name}_seconds": time.perf_counter() - t0})
         best_epoch = res.best_epoch + offset if res.best_epoch else best.best_epoch
         if not best.best_state or better(res.best_val_acc, res.best_val_loss, best):
