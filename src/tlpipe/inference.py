@@ -122,7 +122,7 @@ def run_groups(net: models.Net, images: torch.Tensor, prep: Preproc, stop: int |
     for i in (progress.bar(steps, desc, unit="batches") if desc and len(steps) >= 4 else steps):
         x = to_device(images[i : i + prep.batch], prep.device)
         x = prepare(tf(x) if tf is not None else x, prep)
-        run = run or eval_net(net, x)
+        run = eval_net(net, x) if run is None else run
         outs.append(run.features(x) if stop is None else run.forward_groups(x, 0, stop))
     return torch.cat(outs) if outs else torch.empty(0)
 
