@@ -165,11 +165,11 @@ def corrupt(images: torch.Tensor, name: str, severity: int, seed: int) -> torch.
 def accuracy(net: Net, images: torch.Tensor, targets: torch.Tensor, pp: Preproc,
              fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
     """Top-1 accuracy: images corrupted pp.batch at a time (the draws per batch), then scored in one pass."""
+    if not len(images):
+        return 0.0
     if fn is not None:
-        images = torch.cat([fn(images[i : i + pp.batch]) for i in range(0, len(images), pp.batch)]) \
-            if len(images) else images
-    correct = int((predict_logits(net, images, pp).argmax(1) == targets).sum()) if len(images) else 0
-    return round(correct / max(len(images), 1), 6)
+        images = torch.cat([fn(images[i : i + pp.batch]) for i in range(0, len(images), pp.batch)])
+    return round(int((predict_logits(net, images, pp).argmax(1) == targets).sum()) / len(images), 6)
 
 
 def report(net: Net, images: torch.Tensor, targets: torch.Tensor, pp: Preproc, seed: int,
