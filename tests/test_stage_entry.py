@@ -1,0 +1,65 @@
+"""stage.entry: the exit status a caller (DVC, a shell) sees, the last words printed, and atexit handlers that
+run before the process leaves without the interpreter's teardown."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _run(tmp_path: Path, body: str, *args: str) -> subprocess.CompletedProcess:
+    """A stage-like script whose late atexit handlers (as MLflow registers one on import) write a file and
+print without a newline."""
+    script = tmp_path / "stage.py"
+    script.write_text(textwrap.dedent(f"""
+        import argparse, atexit, sys
+        sys.path.insert(0, {str(SRC)!r})
+        from tlpipe.errors import PipelineError
+        from tlpipe.stage import entry
+
+        def main():
+            atexit.register(lambda: open({str(tmp_path / "late.txt")!r}, "w").write("ran"))
+            atexit.register(lambda: sys.stdout.write("; said at exit"))  # after Python's own last flush
+            args = argparse.ArgumentParser().parse_args()
+            sys.stdout.write("partial line")
+        {textwrap.indent(textwrap.dedent(body), "    ")}
+
+        entry(main)
+    """), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout block-buffered, as under DVC
+    return subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+@pytest.mark.parametrize("body, status, err", [
+    ("", 0, ""),
+    ("raise PipelineError('params.yaml: train.lr must be > 0')", 2, "error: params.yaml: train.lr must be > 0\n"),
+    ("raise KeyboardInterrupt", 130, "error: interrupted\n"),
+    ("raise SystemExit(3)", 3, ""),
+    ("raise SystemExit('bye')", 1, "bye\n"),
+])
+def test_status_output_and_late_atexit_handlers(tmp_path, body, status, err):
+    res = _run(tmp_path, body)
+    assert res.returncode == status
+    assert res.stdout == "partial line; said at exit"  # flushed on the way out
+    assert res.stderr == err
+    assert (tmp_path / "late.txt").read_text() == "ran"  # MLflow-like handlers still run
+
+
+def test_uncaught_exception_exits_1_with_its_traceback(tmp_path):
+    res = _run(tmp_path, "raise RuntimeError('unexpected')")
+    assert res.returncode == 1
+    assert "RuntimeError: unexpected" in res.stderr
+    assert (tmp_path / "late.txt").read_text() == "ran"
+
+
+def test_argparse_errors_keep_their_status(tmp_path):
+    res = _run(tmp_path, "", "--no-such-flag")
+    assert res.returncode == 2 and "unrecognized arguments: --no-such-flag" in res.stderr
