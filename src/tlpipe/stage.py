@@ -17,7 +17,7 @@ _status = 1  # the exit status once the atexit handlers have run: 1 (an uncaught
 def _skip_teardown() -> None:
     """The last atexit handler (registered before MLflow, torch and the rest are imported, so theirs run first:
     MLflow ends its runs, queued logging drains): flush and leave with the status entry() recorded, skipping
-    the interpreter's module teardown, which frees torch, timm, MLflow and SQLAlchemy object by object and
+    the interpreter's module teardown, which frees torch, MLflow and SQLAlchemy object by object and
     cost 0.6-2 s per stage process here. Every output is written and closed before this point."""
     logging.shutdown()  # registered with atexit before this handler when `logging` was imported first
     for stream in (sys.stdout, sys.stderr):
