@@ -2,7 +2,8 @@
 another checkout (e.g. a `git worktree` of an older commit), both in one run, one after the other.
 
 Copies the repository (and the baseline checkout) to a temporary git repo, applies a preset (default gtsrb),
-serves the archive over loopback (the full GTSRB mirror in ../shared by default), downloads once, then runs
+serves the archive over loopback (the full GTSRB mirror in ../shared by default; none for `--preset digits`,
+the default run's bundled data), downloads once, then runs
 every stage of that checkout's dvc.yaml on its own (`dvc repro -s <stage>`, dependencies first) and
 prints a table; with --baseline, the two side by side and the ratio of the totals (download left out).
 
@@ -56,19 +57,25 @@ def stages(repo: Path, env: dict[str, str]) -> list[str]:
     return [n for n in out.split() if n != "download"]
 
 
-def bench(source: Path, work: Path, preset: str, archive: Path, sets: list[str], env: dict[str, str]) -> dict:
-    """One checkout's pipeline: {stage: (wall s, peak RSS GiB)} and its test accuracies."""
+def bench(source: Path, work: Path, preset: str, archive: Path | None, sets: list[str], env: dict[str, str]) -> dict:
+    """One checkout's pipeline: {stage: (wall s, peak RSS GiB)} and its test accuracies (archive None: the
+    preset's dataset comes with the install, as digits does)."""
     from test_e2e import commit, set_params  # the same copy the end-to-end test makes
 
     repo = copy_tree(source, work)
     py = sys.executable
     module = "tlpipe.config.presets" if (repo / "src/tlpipe/config/presets.py").is_file() else "tlpipe.presets"  # older
     subprocess.run([py, "-m", module, preset], cwd=repo, env={**env, "PYTHONPATH": str(repo / "src")}, check=True)
-    with serve_directory(archive.parent) as base:
-        overrides = [f"data.url={base}/{archive.name}", *sets]
-        set_params(repo, {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in overrides)})
+    if archive is None:  # a bundled dataset (digits): nothing to serve
+        set_params(repo, {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in sets)})
         commit(repo, "bench")
-        rows = {"download (loopback)": run([py, "-m", "dvc", "repro", "-s", "download"], repo, env)[:2]}
+        rows = {"download (bundled)": run([py, "-m", "dvc", "repro", "-s", "download"], repo, env)[:2]}
+    else:
+        with serve_directory(archive.parent) as base:
+            overrides = [f"data.url={base}/{archive.name}", *sets]
+            set_params(repo, {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in overrides)})
+            commit(repo, "bench")
+            rows = {"download (loopback)": run([py, "-m", "dvc", "repro", "-s", "download"], repo, env)[:2]}
     for stage in stages(repo, env):
         rows[stage] = run([py, "-m", "dvc", "repro", "-s", stage], repo, env)[:2]
     acc = {}
@@ -105,6 +112,8 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, help="run in this folder and keep it")
     ap.add_argument("--baseline", type=Path, help="another checkout to run the same way, first (e.g. a worktree)")
     args = ap.parse_args()
+    if args.preset == "digits":  # scikit-learn's bundled images: no archive to serve
+        args.archive = None
     work = args.keep or Path(tempfile.mkdtemp(prefix="tlpipe-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
