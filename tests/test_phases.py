@@ -13,15 +13,15 @@ from _support import REPO
 from tlpipe.config import params as P
 from tlpipe.config.phases import PHASES, Phase, phase_settings
 
-COMMON = {"optimizer": "adam", "weight_decay": 0.0001, "momentum": 0.9, "label_smoothing": 0.0, "gamma": 0.5,
+COMMON = {"optimizer": "adam", "weight_decay": 0.0001, "momentum": 0.9, "label_smoothing": 0.1, "gamma": 0.5,
           "nesterov": False, "milestones": [], "warmup_epochs": 0, "plateau_patience": 2, "mixup_alpha": 0.0,
           "cutmix_alpha": 0.0, "early_stopping": 0, "grad_clip": 0.0}
 HEAD = {**COMMON, "batch_size": 64, "lr": 0.001, "scheduler": "step", "step_size": 10}
 TUNE = {**COMMON, "batch_size": 32, "lr": 0.0001, "scheduler": "cosine", "step_size": 2, "unfreeze_blocks": 2,
         "prefix_views": 2, "bn_train": False, "backbone_lr_mult": 1.0}
 BEFORE = {  # every key of the four sections as params.yaml wrote them before the shared `train` section
-    "train_head": {**HEAD, "epochs": 30, "feature_views": 2},  # (finetune since: 4 groups, 8 epochs, lr 0.0005)
-    "finetune": {**TUNE, "epochs": 8, "unfreeze_blocks": 4, "lr": 0.0005},
+    "train_head": {**HEAD, "epochs": 30, "feature_views": 2},  # (since then: finetune 4 groups, lr 0.0005, and
+    "finetune": {**TUNE, "epochs": 5, "unfreeze_blocks": 4, "lr": 0.0005},  # 5 epochs; label smoothing 0.1)
     "retrain.head": {**HEAD, "epochs": 20, "feature_views": 1},
     "retrain.finetune": {**TUNE, "epochs": 3},
 }

@@ -163,6 +163,19 @@ def test_batched_vflip_grayscale_erasing():
     assert ((share >= 0.015) & (share <= 0.36)).all()
 
 
+def test_batched_noise_is_seeded_bounded_per_image_and_free_when_off():
+    flat = torch.full((16, 3, SIZE, SIZE), 128, dtype=torch.uint8)  # no crop/rotation/aspect: pixels stay 128
+    plain = {**PLAIN, "crop_scale_min": 1.0}
+    off = BatchAugment(plain, torch.Generator().manual_seed(3))
+    zero = BatchAugment({**plain, "noise": 0.0}, torch.Generator().manual_seed(3))
+    assert torch.equal(off(flat), zero(flat)) and torch.equal(off.gen.get_state(), zero.gen.get_state())  # 0 = off
+    a = BatchAugment({**plain, "noise": 0.2}, torch.Generator().manual_seed(3))(flat)
+    b = BatchAugment({**plain, "noise": 0.2}, torch.Generator().manual_seed(3))(flat)
+    assert torch.equal(a, b) and a.min() >= 0 and a.max() <= 1
+    std = (a - off(flat)).std((1, 2, 3))  # each image's own noise level, drawn from [0, 0.2]
+    assert (std <= 0.2 * 1.1).all() and std.max() - std.min() > 0.05
+
+
 def test_v2_engine_builds_tutorial_pipelines_and_is_seeded():
     ops = [{"Resize": {"size": 40}}, {"RandomRotation": {"degrees": 45}}, {"CenterCrop": {"size": SIZE}},
            "RandomHorizontalFlip", {"RandomVerticalFlip": {"p": 0.5}}, {"RandomGrayscale": {"p": 0.1}},

@@ -177,6 +177,7 @@ SCHEMA: dict[str, Any] = {
         "erasing": Field(NUM, _fraction),
         "white_balance": Field(NUM, _fraction),
         "exposure": Field(NUM, _non_negative),
+        "noise": Field(NUM, _fraction),
         "v2": Field((list,)),
     },
     "train_head": HEAD_PHASE,

@@ -34,8 +34,8 @@ class Augment(Protocol):
 
 
 class BatchAugment:
-    """RandomResizedCrop + RandomRotation + flips + ColorJitter + RandomGrayscale + RandomErasing, sampled per
-    image, applied per batch."""
+    """RandomResizedCrop + RandomRotation + flips + ColorJitter + colour cast + RandomGrayscale + Gaussian noise
+    + RandomErasing, sampled per image, applied per batch."""
 
     def __init__(self, aug: dict[str, Any], generator: torch.Generator | None = None):
         self.scale_min = float(aug.get("crop_scale_min", 1.0))
@@ -47,6 +47,7 @@ class BatchAugment:
         self.erasing = float(aug.get("erasing", 0.0))
         self.white_balance = float(aug.get("white_balance", 0.0))
         self.exposure = float(aug.get("exposure", 0.0))
+        self.noise = float(aug.get("noise", 0.0))
         self.gen = generator if generator is not None else torch.Generator().manual_seed(0)
 
     def _uniform(self, n: int, lo: float, hi: float) -> torch.Tensor:
@@ -108,6 +109,13 @@ class BatchAugment:
             gains = gains * self._uniform(n, 1.0, 1.0 + self.exposure).view(n, 1, 1, 1)
         return (x * gains.to(x.device)).clamp_(0.0, 1.0)
 
+    def _noise(self, x: torch.Tensor) -> torch.Tensor:
+        """Gaussian pixel noise, each image's standard deviation drawn from [0, noise] (pixels in [0, 1]),
+        clipped: sensor noise of other cameras and light."""
+        n = x.shape[0]
+        std = self._uniform(n, 0.0, self.noise).view(n, 1, 1, 1)
+        return (x + (torch.randn(x.shape, generator=self.gen) * std).to(x.device)).clamp_(0.0, 1.0)
+
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 NCHW -> augmented float32 NCHW in [0, 1]."""
         x = batch.float().div_(255.0)
@@ -120,6 +128,8 @@ class BatchAugment:
             x = self._cast(x)
         if self.grayscale > 0:
             x = self._gray(x)
+        if self.noise > 0:
+            x = self._noise(x)
         if self.erasing > 0:
             x = self._erase(x)
         return x
