@@ -6,7 +6,8 @@ report on it (white balance, exposure, blur, noise ... at 3 severities).
 
 DIR is a pipeline checkout whose split and decode stages have run (`dvc repro decode@split`); its
 params.yaml is the base every candidate overrides (dotted keys, YAML values). With --folds K each candidate
-is also cross-validated over the train + valid tracks (group k-fold, as `split.folds`). Prints one table."""
+is also cross-validated over the train + valid tracks exactly as the crossval stage does (`split.folds`:
+nested group folds, epochs chosen on groups the fold is not scored on). Prints one table."""
 
 from __future__ import annotations
 
@@ -16,18 +17,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from tlpipe import models  # noqa: E402
-from tlpipe.config.phases import Phase  # noqa: E402
-from tlpipe.data.folds import fold_indices  # noqa: E402
-from tlpipe.data.splitdir import Data, SplitDir  # noqa: E402
+from tlpipe.data.splitdir import SplitDir  # noqa: E402
 from tlpipe.evaluation import bootstrap, robustness  # noqa: E402
-from tlpipe.inference import Preproc, predict_logits  # noqa: E402
-from tlpipe.runtime import set_seed  # noqa: E402
-from tlpipe.training.loop import fit  # noqa: E402
+from tlpipe.inference import Preproc, predict_logits, preproc_from_params  # noqa: E402
+from tlpipe.training import crossval  # noqa: E402
 
 
 def override(params: dict, sets: list[str]) -> dict:
@@ -42,35 +38,15 @@ def override(params: dict, sets: list[str]) -> dict:
     return out
 
 
-def phase(params: dict, name: str) -> Phase:
-    """A phase's settings as the stages read them (the `train` section overlaid with the phase's)."""
-    return Phase.from_params(params, name)
-
-
-def train(params: dict, train_data: Data, valid: Data, n_classes: int, prep: Preproc) -> models.Net:
-    """train_head then finetune, as the stages run them (seeded before each, as each stage process is)."""
-    set_seed(params["seed"], "cpu")
-    net = models.build(params["model"]["backbone"], n_classes, params["model"]["weights"] == "imagenet")
-    head = fit(net, train_data, valid, phase(params, "train_head"), prep, params["augment"])
-    set_seed(params["seed"], "cpu")
-    tuned = models.build(params["model"]["backbone"], n_classes, False)
-    tuned.load_state_dict(head.best_state)
-    res = fit(tuned, train_data, valid, phase(params, "finetune"), prep, params["augment"])
-    tuned.load_state_dict(res.best_state)
-    return tuned
-
-
 def preproc(params: dict) -> Preproc:
-    spec, model = models.spec(params["model"]["backbone"]), params["model"]
-    return Preproc(spec.mean, spec.std, model["input_size"], torch.device("cpu"), True,
-                   model["inference_batch_size"], model.get("input_norm", "none"))
+    return preproc_from_params(params["model"], "cpu")
 
 
 def score(params: dict, split: SplitDir, classes: list[str], corrupt: bool = True) -> dict:
     prep = preproc(params)
     train_data, valid = split.data("train", classes, prep.size), split.data("valid", classes, prep.size)
     t0 = time.perf_counter()
-    net = train(params, train_data, valid, len(classes), prep)
+    net, _, _ = crossval.train_fold(params, -1, train_data, valid, classes, prep)  # train_head, then finetune
     seconds = time.perf_counter() - t0
     pred = predict_logits(net, valid.images, prep).argmax(1).numpy()
     target = valid.targets.numpy()
@@ -85,19 +61,13 @@ def score(params: dict, split: SplitDir, classes: list[str], corrupt: bool = Tru
 
 
 def cross_validate(params: dict, split: SplitDir, classes: list[str], k: int) -> list[float]:
-    """Accuracy of each of k group folds over the train + valid rows (test never touched)."""
+    """Accuracy of each of k nested group folds over the train + valid rows, as the crossval stage scores
+    them (test never touched)."""
+    params = {**params, "split": {**params["split"], "folds": k}}
     prep = preproc(params)
-    parts = [split.data(s, classes, prep.size) for s in ("train", "valid")]
-    pool = Data(torch.cat([p.images for p in parts]), torch.cat([p.targets for p in parts]))
-    rows = split.rows("train") + split.rows("valid")
-    accs = []
-    for tr, va in fold_indices(rows, k, params["seed"]):
-        a, b = torch.tensor(tr), torch.tensor(va)
-        fold_train, fold_valid = Data(pool.images[a], pool.targets[a]), Data(pool.images[b], pool.targets[b])
-        net = train(params, fold_train, fold_valid, len(classes), prep)
-        pred = predict_logits(net, fold_valid.images, prep).argmax(1)
-        accs.append(float((pred == fold_valid.targets).float().mean()))
-    return accs
+    res, _ = crossval.cross_validate(params, crossval.folds_of(params, split),
+                                     crossval.pooled(split, classes, prep.size), classes, prep)
+    return [f["accuracy"] for f in res["per_fold"].values()]
 
 
 def mean_of(result: dict, corruption: str) -> float:

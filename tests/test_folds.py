@@ -10,7 +10,7 @@ import torch
 
 from _support import REPO
 from tlpipe.config import params as params_mod
-from tlpipe.data.folds import assign_folds, fold_indices, group_kfold
+from tlpipe.data.folds import assign_folds, fold_indices, group_kfold, inner_folds, nested_fold_indices
 from tlpipe.data.splitdir import Data
 from tlpipe.errors import PipelineError
 
@@ -74,6 +74,34 @@ def test_more_folds_than_groups_is_one_clear_error():
         group_kfold(rows, 1, seed=0)
 
 
+@pytest.mark.parametrize("k,inner", [(2, 2), (3, 4), (5, 9)])
+def test_nested_folds_choose_epochs_on_groups_they_are_not_scored_on(k, inner):
+    nested = nested_fold_indices(ROWS, k, 42, inner)
+    assert [held for _, _, held in nested] == [va for _, va in fold_indices(ROWS, k, 42)]
+    for train, valid, held in nested:
+        parts = [{ROWS[i]["group"] for i in part} for part in (train, valid, held)]
+        assert all(parts) and not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+        assert sorted(train + valid + held) == list(range(len(ROWS)))
+        assert train == sorted(train) and valid == sorted(valid)
+        # the validation part is one of `inner` group folds of the rest: about 1/inner of its groups
+        n_rest = len(parts[0] | parts[1])
+        assert len(parts[1]) == pytest.approx(n_rest / inner, abs=len({r["label"] for r in ROWS}))
+    assert nested == nested_fold_indices(ROWS, k, 42, inner)
+    assert nested != nested_fold_indices(ROWS, k, 43, inner)
+
+
+def test_inner_folds_take_valids_share():
+    assert inner_folds(5520, 630) == 9  # GTSRB's 4 signs: train + valid, valid
+    assert inner_folds(975, 98) == 10
+    assert inner_folds(10, 9) == 2 and inner_folds(10, 0) == 10
+
+
+def test_nested_folds_need_two_groups_to_train_and_validate():
+    rows = make_rows({"a": 1, "b": 1})
+    with pytest.raises(PipelineError, match=r"split.folds=2: a fold's training part holds 1 group"):
+        nested_fold_indices(rows, 2, 0, 9)
+
+
 def test_params_reject_one_fold():
     p = params_mod.load(REPO / "params.yaml")
     assert p["split"]["folds"] == 0
@@ -102,12 +130,12 @@ def test_crossval_returns_per_fold_and_spread():
     images = (colour[:, :, None, None] + 25 * torch.randn(len(rows), 3, 32, 32, generator=g)).clamp(0, 255)
     data = Data(images.to(torch.uint8), torch.tensor([int(r["label"] == "blue") for r in rows]))
     p = tiny_params()
-    res, seconds = cross_validate(p, fold_indices(rows, 2, p["seed"]), data, ["red", "blue"],
+    res, seconds = cross_validate(p, nested_fold_indices(rows, 2, p["seed"], 2), data, ["red", "blue"],
                                   preproc(p["model"], "cpu"))
     assert res["folds"] == 2 and len(seconds) == 2 and sorted(res["per_fold"]) == ["fold0", "fold1"]
     for f in res["per_fold"].values():
         assert {"accuracy", "macro_f1", "loss", "head_best_epoch", "finetune_best_epoch"} <= set(f)
-        assert 0 <= f["accuracy"] <= 1 and f["n_train"] + f["n_valid"] == len(rows)
+        assert 0 <= f["accuracy"] <= 1 and f["n_train"] + f["n_valid"] + f["n_held_out"] == len(rows)
     # the pixel baseline on the same folds: red against blue is colour alone, so pixels get it all right
     assert all(f["baseline_accuracy"] == 1.0 for f in res["per_fold"].values())
     assert res["baseline_accuracy"]["mean"] == 1.0

@@ -1,5 +1,7 @@
 """Group k-fold over the train + valid rows of a split folder (never test): seeded, stratified by class
-as far as whole groups allow, and no group in two folds (each group is in exactly one validation fold)."""
+as far as whole groups allow, and no group in two folds (each group is in exactly one validation fold).
+`nested_fold_indices` splits each fold's training part once more, so that the epoch a fold keeps is chosen
+on groups other than the ones it is scored on."""
 
 from __future__ import annotations
 
@@ -70,3 +72,26 @@ def fold_indices(rows: list[Row], k: int, seed: int) -> list[tuple[list[int], li
 def group_kfold(rows: list[Row], k: int, seed: int) -> list[tuple[list[Row], list[Row]]]:
     """Per fold, (train rows, validation rows): the other folds' groups train, this fold's groups validate."""
     return [([rows[i] for i in tr], [rows[i] for i in va]) for tr, va in fold_indices(rows, k, seed)]
+
+
+def inner_folds(n_pool: int, n_valid: int) -> int:
+    """How many group folds a fold's training part is cut into so that one of them, the epoch-choosing
+    validation, takes the share valid takes of train + valid in the split (GTSRB 5,520 / 630: 9; at least 2)."""
+    return max(2, round(n_pool / max(n_valid, 1)))
+
+
+def nested_fold_indices(rows: list[Row], k: int, seed: int, inner: int) -> list[tuple[list[int], list[int], list[int]]]:
+    """Per fold, (train, validation, held-out) row indices into `rows`, each in row order. Held-out is
+    `fold_indices`' validation fold; the other folds' groups are cut again into `inner` group folds (same
+    seed, capped at their number of groups), the first of which validates (picks the best epoch, as valid
+    does in the pipeline) and the rest train. So a fold's score comes from groups that chose nothing."""
+    out = []
+    for rest, held in fold_indices(rows, k, seed):
+        sub = [rows[i] for i in rest]
+        n_groups = len({r["group"] for r in sub})
+        if n_groups < 2:
+            raise PipelineError(f"params: split.folds={k}: a fold's training part holds {n_groups} group(s); it "
+                                f"needs 2, one of them to choose the epoch (lower split.folds)")
+        inner_of = assign_folds(sub, min(inner, n_groups), seed)
+        out.append(([i for i, f in zip(rest, inner_of) if f != 0], [i for i, f in zip(rest, inner_of) if f == 0], held))
+    return out

@@ -1,11 +1,13 @@
 """Group k-fold cross-validation of the known-class model (split.folds > 0), on the train + valid rows.
 
-Each fold trains as the pipeline does: the train_head stage (ImageNet backbone per model.weights, frozen,
-new head; seeded) and then the finetune stage (seeded again, from the head's best state), on the fold's
-train rows, keeping the best epoch on the held-out fold; the held-out fold is then scored with
-evaluation.metrics.compute, beside the pixel baseline (evaluate.baseline_size > 0: logistic regression on the
-fold's raw downscaled pixels, as evaluate reports it). Per fold and mean/std/min/max of accuracy, macro-F1,
-loss and the baseline's accuracy: a comparison over every train + valid image instead of one small test split."""
+Each fold holds out its groups and cuts the rest once more by group (data.folds.nested_fold_indices): a
+validation part of valid's share in the split, and the training part. The fold trains as the pipeline does:
+the train_head stage (ImageNet backbone per model.weights, frozen, new head; seeded) and then the finetune
+stage (seeded again, from the head's best state), each keeping its best epoch on the validation part; the
+held-out groups, which chose nothing, are then scored with evaluation.metrics.compute, beside the pixel
+baseline (evaluate.baseline_size > 0: logistic regression on the fold's raw downscaled pixels, as evaluate
+reports it). Per fold and mean/std/min/max of accuracy, macro-F1, loss and the baseline's accuracy: a
+comparison over every train + valid image instead of one small test split."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from .. import models, tracking
 from ..atomic import write_json
 from ..config.phases import Phase
 from ..data import transforms
-from ..data.folds import fold_indices
+from ..data.folds import inner_folds, nested_fold_indices
 from ..data.manifest import Row
 from ..data.splitdir import Data, SplitDir
 from ..evaluation.baseline import pixel_baseline
@@ -81,17 +83,18 @@ def train_fold(params: dict[str, Any], fold: int, train: Data, valid: Data, clas
     return net, head, tune
 
 
-def score_fold(params: dict[str, Any], fold: int, train: Data, valid: Data, classes: list[str],
+def score_fold(params: dict[str, Any], fold: int, train: Data, valid: Data, held: Data, classes: list[str],
                pp: Preproc) -> dict[str, Any]:
-    """One fold's headline metrics on its held-out part, the best epochs and the image counts."""
+    """One fold: trained on `train`, epochs chosen on `valid`, headline metrics on `held` (the held-out
+    groups); the best epochs and the image counts."""
     net, head, tune = train_fold(params, fold, train, valid, classes, pp)
-    m = compute(valid.targets, predict_logits(net, valid.images, pp), classes)
+    m = compute(held.targets, predict_logits(net, held.images, pp), classes)
     size = int(params["evaluate"]["baseline_size"])
-    base = pixel_baseline((train.images, train.targets.numpy()), (valid.images, valid.targets.numpy()),
+    base = pixel_baseline((train.images, train.targets.numpy()), (held.images, held.targets.numpy()),
                           np.zeros(0), len(classes), size, params["seed"], 0)["accuracy"] if size else None
     return {**{k: m[k] for k in HEADLINE}, **({"baseline_accuracy": base} if size else {}),
             "head_best_epoch": head.best_epoch, "finetune_best_epoch": tune.best_epoch,
-            "n_train": len(train.targets), "n_valid": len(valid.targets)}
+            "n_train": len(train.targets), "n_valid": len(valid.targets), "n_held_out": len(held.targets)}
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -101,14 +104,24 @@ def spread(values: list[float]) -> dict[str, float]:
             "min": round(float(a.min()), 6), "max": round(float(a.max()), 6)}
 
 
-def cross_validate(params: dict[str, Any], folds: list[tuple[list[int], list[int]]], data: Data,
+def folds_of(params: dict[str, Any], split: SplitDir) -> list[tuple[list[int], list[int], list[int]]]:
+    """The split's nested group folds over `pooled_rows` (split.folds of them; the epoch-choosing part takes
+    valid's share of train + valid); too many folds for the groups fail here, before any work."""
+    rows = pooled_rows(split)
+    return nested_fold_indices(rows, int(params["split"]["folds"]), params["seed"],
+                               inner_folds(len(rows), len(split.rows("valid"))))
+
+
+def cross_validate(params: dict[str, Any], folds: list[tuple[list[int], list[int], list[int]]], data: Data,
                    classes: list[str], pp: Preproc) -> tuple[dict[str, Any], list[float]]:
-    """Every fold (train, validation indices into `data`; see data.folds): (metrics, seconds per fold)."""
+    """Every fold (train, validation, held-out indices into `data`; see data.folds.nested_fold_indices):
+    (metrics, seconds per fold)."""
     per_fold: dict[str, dict[str, Any]] = {}
     seconds: list[float] = []
-    for i, (tr, va) in enumerate(folds):
+    for i, (tr, va, held) in enumerate(folds):
         t0 = time.perf_counter()
-        per_fold[f"fold{i}"] = score_fold(params, i, subset(data, tr), subset(data, va), classes, pp)
+        per_fold[f"fold{i}"] = score_fold(params, i, subset(data, tr), subset(data, va), subset(data, held),
+                                          classes, pp)
         seconds.append(time.perf_counter() - t0)
         f = per_fold[f"fold{i}"]
         base = f" (pixel baseline {f['baseline_accuracy']:.4f})" if "baseline_accuracy" in f else ""
@@ -126,7 +139,7 @@ def run_stage(params: dict[str, Any], split: SplitDir, out: Path, features: Path
     the split's ImageNet features (tlpipe.features), each fold's plain head view when they match."""
     if params["augment"]["engine"] == "v2":
         transforms.build_v2(params["augment"]["v2"])  # a bad op fails here, before any work
-    folds = fold_indices(pooled_rows(split), int(params["split"]["folds"]), params["seed"])  # too many: fail now
+    folds = folds_of(params, split)  # too many: fail now
     classes = split.classes()
     pp = preproc(params["model"], params["device"])
     with tracking.stage_run("crossval", params, params["tracking"]["experiment"]) as tracker:
