@@ -49,9 +49,28 @@ def test_weighted_statistics_match_scikit_learn_on_the_resampled_images() -> Non
     recall = bootstrap.per_class_recall(target, pred, 4)(res)
     for r in range(5):
         idx = np.repeat(np.arange(len(groups)), res.image_weights()[r].astype(int))  # the resample as images
-        assert f1[r] == pytest.approx(f1_score(target[idx], pred[idx], labels=range(4), average="macro"))
+        assert f1[r] == pytest.approx(f1_score(target[idx], pred[idx], average="macro"))
         hits = [(pred[idx][target[idx] == c] == c).mean() for c in range(4)]
         assert recall[r] == pytest.approx(hits)
+
+
+def test_macro_f1_of_a_resample_without_a_rare_class_counts_the_classes_it_holds() -> None:
+    # class 2 lives in one group of 10: resamples that miss it score the two classes they hold, not 2/3 of that
+    groups = np.repeat(np.arange(10), 4)
+    target = np.where(groups == 9, 2, groups % 2)
+    pred = target.copy()
+    pred[0] = 1  # one error in class 0's group 0
+    res = bootstrap.resample_groups(groups, 400, seed=0)
+    f1 = bootstrap.macro_f1(target, pred, 3)(res)
+    missing = res.counts[:, 9] == 0
+    assert missing.any() and (~missing).any()
+    for r in np.flatnonzero(missing)[:20]:
+        idx = np.repeat(np.arange(len(groups)), res.image_weights()[r].astype(int))
+        assert set(target[idx]) | set(pred[idx]) <= {0, 1}
+        assert f1[r] == pytest.approx(f1_score(target[idx], pred[idx], average="macro"))
+    assert f1[missing].min() > 0.8  # scoring the absent class 0 would give at most 2/3
+    interval = bootstrap.percentile_interval(f1)
+    assert interval is not None and interval[0] > 0.8
 
 
 def test_auroc_interval_matches_roc_auc_score_and_skips_one_sided_resamples() -> None:
