@@ -174,3 +174,34 @@ def test_auroc_interval_is_null_without_unknowns() -> None:
     known_only = stage.Scored(test.logits[:60], test.target[:60], test.kind[:60], test.group[:60])
     result = stage.measure(known_only, scored_split(1), ["a", "b"], 1.0, seed=42, resamples=100)
     assert result["intervals"]["auroc"] is None and result["intervals"]["accuracy"] is not None
+
+
+def test_clopper_pearson_exact_bounds() -> None:
+    assert bootstrap.clopper_pearson(630, 630) == pytest.approx((0.025 ** (1 / 630), 1.0))  # ~0.9942
+    assert bootstrap.clopper_pearson(0, 20) == pytest.approx((0.0, 1 - 0.025 ** (1 / 20)))
+    low, high = bootstrap.clopper_pearson(90, 100)
+    assert low == pytest.approx(0.8238, abs=1e-4) and high == pytest.approx(0.9510, abs=1e-4)
+    with pytest.raises(PipelineError, match="3 successes of 2 trials"):
+        bootstrap.clopper_pearson(3, 2)
+
+
+def test_a_perfect_score_gets_an_interval_of_nonzero_width() -> None:
+    # 21 tracks of 30 frames, all right: resampling tracks alone gives [1, 1]; the interval keeps the binomial floor
+    groups = np.repeat(np.arange(21), 30)
+    target = np.repeat(np.arange(21) % 3, 30)
+    iv = bootstrap.closed_set_intervals(target, target.copy(), groups, 3, 500, seed=0)
+    assert bootstrap.group_bootstrap(groups, bootstrap.accuracy(target == target), 500, 0) == (1.0, 1.0)
+    assert iv["accuracy"] == pytest.approx((0.025 ** (1 / 630), 1.0))
+    assert iv["recall"][0] == pytest.approx((0.025 ** (1 / 210), 1.0))
+
+
+def test_errors_clustered_in_one_track_keep_the_wider_bootstrap_interval() -> None:
+    groups = np.repeat(np.arange(20), 30)
+    target = np.zeros(600, dtype=int)
+    pred = target.copy()
+    pred[:15] = 1  # half of track 0 wrong: 15 errors in 600 images, all in one track
+    iv = bootstrap.closed_set_intervals(target, pred, groups, 2, 1000, seed=0)
+    boot = bootstrap.group_bootstrap(groups, bootstrap.accuracy(target == pred), 1000, 0)
+    binom = bootstrap.clopper_pearson(585, 600)
+    assert boot[0] < binom[0]  # the tracks widen it below what 600 independent images would say
+    assert iv["accuracy"] == (boot[0], max(boot[1], binom[1]))
