@@ -165,7 +165,7 @@ def test_sigkill_in_every_stage_then_repro_gives_identical_metrics(tmp_path: Pat
         while attempts:
             args = attempts.pop(0)
             run = Repro(repo, env, args)
-            current, deadline = None, None
+            current, deadline, ended = None, None, False
             while True:
                 wait = 600.0 if deadline is None else max(0.0, deadline - time.monotonic())
                 try:
@@ -173,12 +173,14 @@ def test_sigkill_in_every_stage_then_repro_gives_identical_metrics(tmp_path: Pat
                 except queue.Empty:
                     break  # the moment to kill has come
                 if item is None:
+                    ended = True
                     break  # dvc exited on its own: it must not have failed
                 if m := BANNER.search(item[1]):
                     current = m.group(1)
                     if current == target and deadline is None:
                         deadline = time.monotonic() + delay
-            exited = run.proc.poll()
+            # its output ends a moment before the process can be reaped: poll() alone may still say None then
+            exited = run.proc.wait(timeout=60) if ended else run.proc.poll()
             run.kill()
             torn = [f for msg, f in TORN if exited not in (None, 0) and msg in run.tail()]
             if torn:
