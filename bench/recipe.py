@@ -22,7 +22,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from tlpipe.data.splitdir import SplitDir  # noqa: E402
 from tlpipe.evaluation import bootstrap, robustness  # noqa: E402
-from tlpipe.inference import Preproc, predict_logits, preproc_from_params  # noqa: E402
+from tlpipe.inference import predict_logits, preproc_from_params  # noqa: E402
 from tlpipe.training import crossval  # noqa: E402
 
 
@@ -38,12 +38,8 @@ def override(params: dict, sets: list[str]) -> dict:
     return out
 
 
-def preproc(params: dict) -> Preproc:
-    return preproc_from_params(params["model"], "cpu")
-
-
 def score(params: dict, split: SplitDir, classes: list[str], corrupt: bool = True) -> dict:
-    prep = preproc(params)
+    prep = preproc_from_params(params["model"], "cpu")
     train_data, valid = split.data("train", classes, prep.size), split.data("valid", classes, prep.size)
     t0 = time.perf_counter()
     net, _, _ = crossval.train_fold(params, -1, train_data, valid, classes, prep)  # train_head, then finetune
@@ -64,7 +60,7 @@ def cross_validate(params: dict, split: SplitDir, classes: list[str], k: int) ->
     """Accuracy of each of k nested group folds over the train + valid rows, as the crossval stage scores
     them (test never touched)."""
     params = {**params, "split": {**params["split"], "folds": k}}
-    prep = preproc(params)
+    prep = preproc_from_params(params["model"], "cpu")
     res, _ = crossval.cross_validate(params, crossval.folds_of(params, split),
                                      crossval.pooled(split, classes, prep.size), classes, prep)
     return [f["accuracy"] for f in res["per_fold"].values()]

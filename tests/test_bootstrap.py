@@ -193,6 +193,7 @@ def test_a_perfect_score_gets_an_interval_of_nonzero_width() -> None:
     assert bootstrap.group_bootstrap(groups, bootstrap.accuracy(target == target), 500, 0) == (1.0, 1.0)
     assert iv["accuracy"] == pytest.approx((0.025 ** (1 / 630), 1.0))
     assert iv["recall"][0] == pytest.approx((0.025 ** (1 / 210), 1.0))
+    assert bootstrap.accuracy_interval(groups, target == target, 500, 0) == pytest.approx(iv["accuracy"])
 
 
 def test_errors_clustered_in_one_track_keep_the_wider_bootstrap_interval() -> None:

@@ -62,9 +62,7 @@ def pixel_baseline(train: tuple[torch.Tensor, np.ndarray], test: tuple[torch.Ten
     model = fit(pixel_features(train_images, size), np.asarray(train_targets), seed)
     pred = model.predict(pixel_features(test_images, size))
     correct = pred == np.asarray(test_targets)
-    interval = (bootstrap.proportion_interval(bootstrap.group_bootstrap(test_groups, bootstrap.accuracy(correct),
-                                                                        resamples, seed), int(correct.sum()), len(correct))
-                if resamples else None)
+    interval = bootstrap.accuracy_interval(test_groups, correct, resamples, seed) if resamples else None
     f1 = f1_score(test_targets, pred, labels=list(range(n_classes)), average="macro", zero_division=0)
     return {"model": MODEL, "size": size, "accuracy": round(float(correct.mean()), 6),
             "macro_f1": round(float(f1), 6),

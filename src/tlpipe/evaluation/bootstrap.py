@@ -100,6 +100,14 @@ def group_bootstrap(groups: np.ndarray, statistic: Statistic, n: int, seed: int,
     return percentile_interval(statistic(resample_groups(groups, n, seed)), level)
 
 
+def accuracy_interval(groups: np.ndarray, correct: np.ndarray, n: int, seed: int,
+                      level: float = 0.95) -> Interval | None:
+    """Accuracy's interval on its own resamples: the group bootstrap's, with the binomial floor."""
+    correct = np.asarray(correct, dtype=bool)
+    return proportion_interval(group_bootstrap(groups, accuracy(correct), n, seed, level), int(correct.sum()),
+                               len(correct), level)
+
+
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """num / den, NaN where den is 0."""
     with np.errstate(invalid="ignore", divide="ignore"):
