@@ -144,7 +144,7 @@ def test_foreign_onnx_is_one_clear_error(exported, tmp_path: Path) -> None:
         OnnxClassifier(tmp_path / "missing.onnx")
 
 
-@pytest.mark.parametrize("mode", ["none", "grayworld", "autolevel"])
+@pytest.mark.parametrize("mode", ["none", "grayworld", "autolevel", "equalize"])
 def test_onnx_photometric_normalisation_matches_torch(mode) -> None:
     """model.input_norm in NumPy (the onnxruntime path) equals the torch path of inference.prepare."""
     from tlpipe.inference import photometric
@@ -157,3 +157,22 @@ def test_onnx_photometric_normalisation_matches_torch(mode) -> None:
         assert np.abs(photometric(batch.clone(), mode).numpy() - ours).max() < 1e-5
     if mode == "autolevel":  # a colour cast (per-channel gain) is undone
         assert np.abs(photometric_np(x.numpy().copy(), mode) - photometric_np(warm.numpy().copy(), mode)).max() < 1e-5
+
+
+def test_equalize_spreads_a_dim_image_over_the_range_and_keeps_its_hue() -> None:
+    """input_norm `equalize`: a dim, flat, tinted image comes out with luminance spread evenly over [0, 1]
+    (the histogram equalised), and each pixel's R:G:B ratios as they were (one gain per pixel)."""
+    from tlpipe.data.images import LUMA
+    from tlpipe.inference import photometric
+
+    base = 0.1 + 0.25 * torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(3))
+    dim = base * torch.tensor([1.0, 0.8, 0.6]).view(1, 3, 1, 1)
+    out = photometric(dim.clone(), "equalize")
+    luma = sum(out[:, c] * w for c, w in enumerate(LUMA)).flatten(1)
+    assert luma.min() < 0.01 and luma.max() > 0.9  # the darkest pixel to black, the brightest near white
+    assert (luma.median(1).values - 0.5).abs().max() < 0.05  # half the pixels below mid-grey, as a flat histogram
+    unclipped = out[:, 0] < 1.0
+    assert unclipped.float().mean() > 0.75  # red, the strongest channel, saturates in the brightest pixels
+    for c, tint in ((1, 0.8), (2, 0.6)):
+        assert torch.allclose((out[:, c] / out[:, 0].clamp_min(1e-6))[unclipped & (out[:, 0] > 0.02)],
+                              torch.tensor(tint), atol=1e-4)

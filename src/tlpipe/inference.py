@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from . import models, progress
-from .data.images import decode
+from .data.images import LUMA, decode
 from .data.transforms import normalize
 from .runtime import resolve_device
 
@@ -30,14 +30,13 @@ class Preproc:
     input_norm: str = "none"  # per-image photometric normalisation before mean/std (see `photometric`)
 
 
-INPUT_NORMS = ("none", "grayworld", "autolevel")
-
-
 def photometric(x: torch.Tensor, mode: str) -> torch.Tensor:
     """Per-image normalisation of float NCHW images in [0, 1], before the backbone's mean/std:
     `grayworld` scales each channel to the image's grey mean (undoes a colour cast / white balance);
     `autolevel` stretches each channel from its 1st to its 99th percentile to [0, 1] (undoes colour cast,
-    exposure and contrast, like an auto-levels tool). `none` leaves the image as it is."""
+    exposure and contrast, like an auto-levels tool); `equalize` equalises the histogram of the luminance (256
+    levels) and scales R, G, B by the same per-pixel gain, so hue is kept (the GTSRB literature's histogram
+    equalisation). `none` leaves the image as it is."""
     if mode == "grayworld":
         means = x.mean((2, 3), keepdim=True).clamp_min(1e-3)
         return (x * (means.mean(1, keepdim=True) / means)).clamp_(0.0, 1.0)
@@ -45,6 +44,15 @@ def photometric(x: torch.Tensor, mode: str) -> torch.Tensor:
         flat = x.flatten(2)
         lo, hi = torch.quantile(flat, torch.tensor([0.01, 0.99], device=x.device), dim=2, keepdim=True)
         return ((flat - lo) / (hi - lo).clamp_min(1.0 / 255)).clamp_(0.0, 1.0).view_as(x)
+    if mode == "equalize":
+        luma = x[:, 0] * LUMA[0] + x[:, 1] * LUMA[1] + x[:, 2] * LUMA[2]
+        level = (luma.flatten(1) * 255.0).round_().long()
+        counts = torch.zeros(x.shape[0], 256, dtype=torch.float64, device=x.device)
+        cdf = counts.scatter_add_(1, level, torch.ones_like(level, dtype=torch.float64)).cumsum_(1)
+        darkest = cdf.gather(1, level.min(1, keepdim=True).values)  # pixels at the lowest level: mapped to 0
+        lut = ((cdf - darkest) / (cdf[:, -1:] - darkest).clamp_min(1.0)).to(x.dtype)
+        gain = lut.gather(1, level) / luma.flatten(1).clamp_min(1.0 / 255)
+        return (x * gain.view(x.shape[0], 1, *x.shape[2:])).clamp_(0.0, 1.0)
     return x
 
 

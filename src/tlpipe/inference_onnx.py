@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .data.images import decode
+from .data.images import LUMA, decode
 from .errors import PipelineError
 
 FORMAT = "tlpipe-onnx-v1"  # metadata_props["format"] of an exported model
@@ -37,7 +37,7 @@ def parse_meta(props: dict[str, str], where: str) -> dict[str, Any]:
 
 
 def photometric(x: np.ndarray, mode: str) -> np.ndarray:
-    """inference.photometric in NumPy: per-image `grayworld` or `autolevel` of float32 NCHW in [0, 1]."""
+    """inference.photometric in NumPy: per-image `grayworld`, `autolevel` or `equalize` of float32 NCHW in [0, 1]."""
     if mode == "grayworld":
         means = np.maximum(x.mean((2, 3), keepdims=True), np.float32(1e-3))
         return np.clip(x * (means.mean(1, keepdims=True) / means), 0.0, 1.0).astype(np.float32)
@@ -46,6 +46,14 @@ def photometric(x: np.ndarray, mode: str) -> np.ndarray:
         lo, hi = np.quantile(flat, [0.01, 0.99], axis=2, keepdims=True).astype(np.float32)
         out = np.clip((flat - lo) / np.maximum(hi - lo, np.float32(1.0 / 255)), 0.0, 1.0)
         return out.reshape(x.shape).astype(np.float32)
+    if mode == "equalize":
+        luma = x[:, 0] * np.float32(LUMA[0]) + x[:, 1] * np.float32(LUMA[1]) + x[:, 2] * np.float32(LUMA[2])
+        level = np.rint(luma.reshape(x.shape[0], -1) * np.float32(255.0)).astype(np.int64)
+        cdf = np.stack([np.bincount(row, minlength=256) for row in level]).cumsum(1).astype(np.float64)
+        darkest = np.take_along_axis(cdf, level.min(1, keepdims=True), 1)
+        lut = ((cdf - darkest) / np.maximum(cdf[:, -1:] - darkest, 1.0)).astype(np.float32)
+        gain = np.take_along_axis(lut, level, 1) / np.maximum(luma.reshape(x.shape[0], -1), np.float32(1.0 / 255))
+        return np.clip(x * gain.reshape(x.shape[0], 1, *x.shape[2:]), 0.0, 1.0).astype(np.float32)
     return x
 
 

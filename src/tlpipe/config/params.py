@@ -162,7 +162,7 @@ SCHEMA: dict[str, Any] = {
         "weights": Field((str,), _one_of("imagenet", "none")),
         "input_size": Field((int,), _positive),
         "channels_last": Field((bool,)),
-        "input_norm": Field((str,), _one_of("none", "grayworld", "autolevel")),
+        "input_norm": Field((str,), _one_of("none", "grayworld", "autolevel", "equalize")),
         "head_dropout": Field(NUM, _dropout),
         "inference_batch_size": Field((int,), _positive),
     },

@@ -16,6 +16,7 @@ from ..errors import PipelineError
 from . import archive as arc
 
 Image.MAX_IMAGE_PIXELS = 64_000_000  # larger images are refused as decompression bombs
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 luminance weights of R, G, B (model.input_norm: equalize)
 ROI = "#roi="  # manifest path suffix "<path>#roi=W,H,X1,Y1,X2,Y2": read the image cropped to that box (data.roi_crop)
 ROI_SUFFIX = re.compile(re.escape(ROI) + r"([1-9]\d*),([1-9]\d*),(\d+),(\d+),(\d+),(\d+)$")
 

@@ -55,9 +55,9 @@ def subset(data: Data, idx: list[int]) -> Data:
     return Data(data.images[index], data.targets[index], None if data.features is None else data.features[index])
 
 
-def _hook(fold: int, phase: str) -> Callable[[dict[str, float]], None]:
+def _hook(run: str, phase: str) -> Callable[[dict[str, float]], None]:
     def hook(rec: dict[str, float]) -> None:
-        print(f"[fold {fold} {phase}] epoch {int(rec['epoch'])}: train_loss {rec['train_loss']:.4f} "
+        print(f"[{run} {phase}] epoch {int(rec['epoch'])}: train_loss {rec['train_loss']:.4f} "
               f"val_loss {rec['val_loss']:.4f} val_acc {rec['val_acc']:.4f}", flush=True)
     return hook
 
@@ -70,15 +70,16 @@ def _new_net(params: dict[str, Any], n_classes: int, pretrained: bool) -> models
     return net
 
 
-def train_fold(params: dict[str, Any], fold: int, train: Data, valid: Data, classes: list[str],
+def train_fold(params: dict[str, Any], run: str, train: Data, valid: Data, classes: list[str],
                pp: Preproc) -> tuple[models.Net, FitResult, FitResult]:
-    """train_head then finetune on one fold, as their stages do; the net ends in finetune's best state."""
+    """train_head then finetune on one fold, as their stages do; the net ends in finetune's best state.
+    `run` names it in the epoch log lines ("fold 2": "[fold 2 head] epoch 1: ...")."""
     augment = params["augment"]
     net = _new_net(params, len(classes), params["model"]["weights"] == "imagenet")
-    head = fit(net, train, valid, Phase.from_params(params, "train_head"), pp, augment, _hook(fold, "head"))
+    head = fit(net, train, valid, Phase.from_params(params, "train_head"), pp, augment, _hook(run, "head"))
     net = _new_net(params, len(classes), False)  # finetune restores the head checkpoint into a fresh net
     net.load_state_dict(head.best_state)
-    tune = fit(net, train, valid, Phase.from_params(params, "finetune"), pp, augment, _hook(fold, "finetune"))
+    tune = fit(net, train, valid, Phase.from_params(params, "finetune"), pp, augment, _hook(run, "finetune"))
     net.load_state_dict(tune.best_state)
     return net, head, tune
 
@@ -87,7 +88,7 @@ def score_fold(params: dict[str, Any], fold: int, train: Data, valid: Data, held
                pp: Preproc) -> dict[str, Any]:
     """One fold: trained on `train`, epochs chosen on `valid`, headline metrics on `held` (the held-out
     groups); the best epochs and the image counts."""
-    net, head, tune = train_fold(params, fold, train, valid, classes, pp)
+    net, head, tune = train_fold(params, f"fold {fold}", train, valid, classes, pp)
     m = compute(held.targets, predict_logits(net, held.images, pp), classes)
     size = int(params["evaluate"]["baseline_size"])
     base = pixel_baseline((train.images, train.targets.numpy()), (held.images, held.targets.numpy()),
