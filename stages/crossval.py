@@ -1,5 +1,6 @@
 """Stage crossval: group k-fold over train + valid (split.folds > 0), each fold trained as train_head then
-finetune; per fold and mean/std/min/max to metrics/crossval.json. split.folds 0: writes {"folds": 0}."""
+finetune, and with split.fold_retrain retrained as retrain with the unknown images of add_unknown_class's
+split; per fold and mean/std/min/max to metrics/crossval.json. split.folds 0: writes {"folds": 0}."""
 
 import argparse
 from pathlib import Path
@@ -20,6 +21,8 @@ def main() -> None:
     ap.add_argument("--raw", type=Path, default=Path("data/raw"))
     ap.add_argument("--features", type=Path, default=Path("data/features"),
                     help="the audit stage's ImageNet features of the split (used when they match these params)")
+    ap.add_argument("--unknown-split", type=Path, default=Path("data/split_unknown"), help="split.fold_retrain")
+    ap.add_argument("--unknown-cache", type=Path, default=Path("data/cache/split_unknown"))
     ap.add_argument("--out", type=Path, default=Path("metrics/crossval.json"))
     args = ap.parse_args()
     p = params.load()
@@ -27,13 +30,10 @@ def main() -> None:
         write_json(args.out, {"folds": 0})
         say(f"crossval: off (split.folds 0) -> {args.out}")
         return
-    from tlpipe.training.crossval import run_stage  # torch only when folds are on
-
-    res = run_stage(p, SplitDir(args.split, args.raw, args.cache), args.out, args.features)
-    say(f"crossval: {res['folds']} folds, accuracy {res['accuracy']['mean']:.4f} ± {res['accuracy']['std']:.4f}, "
-        f"macro_f1 {res['macro_f1']['mean']:.4f} ± {res['macro_f1']['std']:.4f}"
-        + (f", pixel baseline {res['baseline_accuracy']['mean']:.4f} ± {res['baseline_accuracy']['std']:.4f}"
-           if "baseline_accuracy" in res else "") + f" -> {args.out}")
+    from tlpipe.training.crossval import describe, run_stage  # torch only when folds are on
+    unknown = SplitDir(args.unknown_split, args.raw, args.unknown_cache) if p["split"]["fold_retrain"] else None
+    res = run_stage(p, SplitDir(args.split, args.raw, args.cache), args.out, args.features, unknown)
+    say(f"{describe(res)} -> {args.out}")
 
 
 if __name__ == "__main__":

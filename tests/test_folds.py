@@ -167,3 +167,82 @@ def test_pooled_is_train_then_valid_in_row_order_and_never_test(tmp_path):
                                          "valid1.png"]
     assert data.images[:, 0, 4, 4].tolist() == [0, 10, 20, 30, 100, 110]
     assert data.targets.tolist() == [0, 1, 0, 1, 0, 1]
+
+
+def test_open_set_scores_count_known_right_unknown_caught_and_rank_the_unknown_probability():
+    from tlpipe.training.crossval import open_set_scores
+
+    targets = torch.tensor([0, 1, 1, 2, 2, 2])  # class 2 = unknown
+    logits = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0], [0, 0, 5.0], [0, 0, 4.0], [5.0, 0, 1.0]])
+    s = open_set_scores(targets, logits, unknown=2)
+    assert s["accuracy"] == round(4 / 6, 6)
+    assert s["known_accuracy"] == round(2 / 3, 6)  # the second `1` was called unknown
+    assert s["unknown_recall"] == round(2 / 3, 6)  # the last unknown was called 0
+    # unknown probabilities: known 0.0067, 0.0067, 0.987; unknown 0.987 (a tie: half), 0.965, 0.018: 6.5 of 9 pairs
+    assert s["unknown_auroc"] == round(6.5 / 9, 6)
+    with pytest.raises(PipelineError, match="known and unknown images"):
+        open_set_scores(targets[:3], logits[:3], unknown=2)
+
+
+def test_crossval_retrains_each_fold_with_unknown_images_of_its_own_groups():
+    """split.fold_retrain: fold i's net is retrained with fold i of the unknown images; held-out scores of
+    the K+1 model per fold and their spread; the known-class scores are those of a run without it."""
+    from tlpipe.data.manifest import UNKNOWN
+    from tlpipe.training.crossval import cross_validate
+    from tlpipe.training.stage import preproc
+
+    rows = make_rows({"red": 4, "blue": 4})
+    urows = [{"path": f"u/{g}/{j}.png", "label": UNKNOWN, "group": f"u-g{g}"} for g in range(6) for j in range(2)]
+    g = torch.Generator().manual_seed(0)
+
+    def images(colours):
+        c = torch.tensor(colours, dtype=torch.float32)
+        return (c[:, :, None, None] + 25 * torch.randn(len(c), 3, 32, 32, generator=g)).clamp(0, 255).to(torch.uint8)
+
+    data = Data(images([[220, 30, 30] if r["label"] == "red" else [30, 30, 220] for r in rows]),
+                torch.tensor([int(r["label"] == "blue") for r in rows]))
+    unknown = Data(images([[30, 220, 30]] * len(urows)), torch.full((len(urows),), 2))
+    p = tiny_params()
+    p["retrain"]["head"].update(epochs=2, feature_views=1)
+    p["retrain"]["finetune"].update(epochs=1, batch_size=8, unfreeze_blocks=1, prefix_views=1)
+    folds, ufolds = nested_fold_indices(rows, 2, p["seed"], 2), nested_fold_indices(urows, 2, p["seed"], 2)
+    pp = preproc(p["model"], "cpu")
+    plain, _ = cross_validate(p, folds, data, ["red", "blue"], pp)
+    res, _ = cross_validate(p, folds, data, ["red", "blue"], pp, (ufolds, unknown))
+    for i, (name, f) in enumerate(res["per_fold"].items()):
+        assert {k: v for k, v in f.items() if k != "retrained"} == plain["per_fold"][name]
+        k1 = f["retrained"]
+        assert k1["n_unknown_held_out"] == len(ufolds[i][2]) and k1["n_unknown_train"] == len(ufolds[i][0])
+        n_known, n_unknown = f["n_held_out"], k1["n_unknown_held_out"]
+        assert k1["accuracy"] == pytest.approx(
+            (k1["known_accuracy"] * n_known + k1["unknown_recall"] * n_unknown) / (n_known + n_unknown), abs=1e-5)
+        assert 0 <= k1["unknown_auroc"] <= 1
+    for key in ("accuracy", "known_accuracy", "unknown_recall", "unknown_auroc"):
+        vals = [f["retrained"][key] for f in res["per_fold"].values()]
+        assert res["retrained"][key]["mean"] == pytest.approx(sum(vals) / 2, abs=1e-6)
+
+
+def test_crossval_stage_with_fold_retrain_writes_the_k1_scores(tmp_path):
+    """The stage on a small digits run: split.folds 2 and split.fold_retrain give per-fold and mean K+1
+    scores in metrics/crossval.json; with add_unknown_class not run, one error naming the missing file."""
+    import json
+
+    import _datafix as D
+
+    repo = D.stage_repo(tmp_path / "repo", {
+        "data.max_per_class": 30, "unknown.train_images": 60, "unknown.valid_images": 20, "model.input_size": 32,
+        "split.folds": 2, "split.fold_retrain": True, "train_head.epochs": 2, "finetune.epochs": 1,
+        "retrain.head.epochs": 2, "retrain.finetune.epochs": 1, "evaluate.baseline_size": 0})
+    for name in ("download", "split"):
+        assert D.run_stage(repo, name).returncode == 0
+    missing = D.run_stage(repo, "crossval")
+    assert missing.returncode != 0 and "split_unknown" in missing.stderr and "Traceback" not in missing.stderr
+    assert not (repo / "metrics/crossval.json").exists()
+    assert D.run_stage(repo, "add_unknown_class").returncode == 0
+    proc = D.run_stage(repo, "crossval")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads((repo / "metrics/crossval.json").read_text())
+    assert set(res["retrained"]) == {"accuracy", "known_accuracy", "unknown_recall", "unknown_auroc"}
+    for f in res["per_fold"].values():
+        assert f["retrained"]["n_unknown_held_out"] > 0 and f["retrained"]["n_unknown_train"] > 0
+    assert "retrained: accuracy" in proc.stdout + proc.stderr

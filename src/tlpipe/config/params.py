@@ -156,6 +156,7 @@ SCHEMA: dict[str, Any] = {
         "test_per_class": Field((int,), _non_negative),
         "by_group": Field((bool,)),
         "folds": Field((int,), _folds),
+        "fold_retrain": Field((bool,)),
     },
     "model": {
         "backbone": Field((str,)),

@@ -7,7 +7,14 @@ stage (seeded again, from the head's best state), each keeping its best epoch on
 held-out groups, which chose nothing, are then scored with evaluation.metrics.compute, beside the pixel
 baseline (evaluate.baseline_size > 0: logistic regression on the fold's raw downscaled pixels, as evaluate
 reports it). Per fold and mean/std/min/max of accuracy, macro-F1, loss and the baseline's accuracy: a
-comparison over every train + valid image instead of one small test split."""
+comparison over every train + valid image instead of one small test split.
+
+With split.fold_retrain the K+1 model is cross-validated too: the unknown images of add_unknown_class's train
++ valid (other sign classes) get nested group folds of their own, fold i joins fold i of the known images, and
+each fold's fine-tuned net is retrained as the retrain stage does (seeded, a new `unknown` head row, the
+retrain.head then retrain.finetune phases, best epoch on the fold's validation part); its held-out known and
+unknown groups then give the 5-class accuracy, the known images classified right, the unknown recall and the
+AUROC of the unknown probability."""
 
 from __future__ import annotations
 
@@ -24,17 +31,20 @@ from ..atomic import write_json
 from ..config.phases import Phase
 from ..data import transforms
 from ..data.folds import inner_folds, nested_fold_indices
-from ..data.manifest import Row
+from ..data.manifest import UNKNOWN, Row
 from ..data.splitdir import Data, SplitDir
 from ..evaluation.baseline import pixel_baseline
 from ..evaluation.metrics import compute
 from ..inference import Preproc, predict_logits
 from ..runtime import set_seed
+from ..errors import PipelineError
 from .loop import FitResult, fit
-from .stage import preproc
+from .stage import preproc, run_phases
 
 POOL = ("train", "valid")  # the splits folds are drawn from; test is never touched
 HEADLINE = ("accuracy", "macro_f1", "loss")
+RETRAINED = ("accuracy", "known_accuracy", "unknown_recall", "unknown_auroc")  # the K+1 model's per-fold keys
+Folds = list[tuple[list[int], list[int], list[int]]]  # (train, validation, held-out) indices per fold
 
 
 def pooled_rows(split: SplitDir) -> list[Row]:
@@ -85,17 +95,62 @@ def train_fold(params: dict[str, Any], run: str, train: Data, valid: Data, class
 
 
 def score_fold(params: dict[str, Any], fold: int, train: Data, valid: Data, held: Data, classes: list[str],
-               pp: Preproc) -> dict[str, Any]:
+               pp: Preproc, unknown: tuple[Data, Data, Data] | None = None) -> dict[str, Any]:
     """One fold: trained on `train`, epochs chosen on `valid`, headline metrics on `held` (the held-out
-    groups); the best epochs and the image counts."""
+    groups); the best epochs and the image counts. `unknown` (train, valid, held-out unknown images, targets
+    len(classes)): the fold's net is then retrained with them (`retrain_fold`), its scores under "retrained"."""
     net, head, tune = train_fold(params, f"fold {fold}", train, valid, classes, pp)
     m = compute(held.targets, predict_logits(net, held.images, pp), classes)
     size = int(params["evaluate"]["baseline_size"])
     base = pixel_baseline((train.images, train.targets.numpy()), (held.images, held.targets.numpy()),
                           np.zeros(0), len(classes), size, params["seed"], 0)["accuracy"] if size else None
-    return {**{k: m[k] for k in HEADLINE}, **({"baseline_accuracy": base} if size else {}),
-            "head_best_epoch": head.best_epoch, "finetune_best_epoch": tune.best_epoch,
-            "n_train": len(train.targets), "n_valid": len(valid.targets), "n_held_out": len(held.targets)}
+    out = {**{k: m[k] for k in HEADLINE}, **({"baseline_accuracy": base} if size else {}),
+           "head_best_epoch": head.best_epoch, "finetune_best_epoch": tune.best_epoch,
+           "n_train": len(train.targets), "n_valid": len(valid.targets), "n_held_out": len(held.targets)}
+    if unknown is not None:
+        parts = [join(known, extra) for known, extra in zip((train, valid, held), unknown)]
+        k1 = retrain_fold(params, f"fold {fold}", net, parts[0], parts[1], len(classes) + 1, pp)
+        out["retrained"] = {**open_set_scores(parts[2].targets, predict_logits(k1, parts[2].images, pp),
+                                              len(classes)),
+                            "n_unknown_train": len(unknown[0].targets), "n_unknown_held_out": len(unknown[2].targets)}
+    return out
+
+
+def join(a: Data, b: Data) -> Data:
+    """Images and targets of `a`, then `b` (no features: a fine-tuned net cannot use ImageNet's)."""
+    return Data(torch.cat([a.images, b.images]), torch.cat([a.targets, b.targets]))
+
+
+def retrain_fold(params: dict[str, Any], run: str, net: models.Net, train: Data, valid: Data, n_classes: int,
+                 pp: Preproc) -> models.Net:
+    """The retrain stage on one fold: seeded, `net` (the fold's fine-tuned model) with a head of `n_classes`
+    (its known rows kept, `unknown` new), the retrain.head then retrain.finetune phases; the net ends in their
+    best state."""
+    set_seed(params["seed"], params["device"])
+    models.replace_head(net, n_classes, keep_rows=n_classes - 1)
+    net.dropout.p = float(params["model"]["head_dropout"])
+    phases = [(f"{run} retrain.{name}", Phase.from_params(params, f"retrain.{name}")) for name in ("head", "finetune")]
+    best, _ = run_phases(net, phases, train, valid, pp, params["augment"], None)
+    net.load_state_dict(best.best_state)
+    return net
+
+
+def open_set_scores(targets: torch.Tensor, logits: torch.Tensor, unknown: int) -> dict[str, float]:
+    """The K+1 model on known and unknown images (class `unknown` = the last): accuracy over all, the known
+    images classified right, the unknown images called unknown, and the AUROC of the unknown probability
+    (unknown images against known ones)."""
+    from sklearn.metrics import roc_auc_score
+
+    t, pred = targets.numpy(), logits.argmax(1).numpy()
+    is_unknown = t == unknown
+    if is_unknown.all() or not is_unknown.any():
+        raise PipelineError(f"crossval: a fold's held-out part needs known and unknown images "
+                            f"({int(is_unknown.sum())} of {len(t)} unknown)")
+    p_unknown = torch.softmax(logits.double(), 1)[:, unknown].numpy()
+    return {"accuracy": round(float((pred == t).mean()), 6),
+            "known_accuracy": round(float((pred == t)[~is_unknown].mean()), 6),
+            "unknown_recall": round(float((pred == unknown)[is_unknown].mean()), 6),
+            "unknown_auroc": round(float(roc_auc_score(is_unknown, p_unknown)), 6)}
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -105,47 +160,88 @@ def spread(values: list[float]) -> dict[str, float]:
             "min": round(float(a.min()), 6), "max": round(float(a.max()), 6)}
 
 
-def folds_of(params: dict[str, Any], split: SplitDir) -> list[tuple[list[int], list[int], list[int]]]:
+def folds_of(params: dict[str, Any], split: SplitDir, unknown_only: bool = False) -> Folds:
     """The split's nested group folds over `pooled_rows` (split.folds of them; the epoch-choosing part takes
-    valid's share of train + valid); too many folds for the groups fail here, before any work."""
-    rows = pooled_rows(split)
-    return nested_fold_indices(rows, int(params["split"]["folds"]), params["seed"],
-                               inner_folds(len(rows), len(split.rows("valid"))))
+    valid's share of train + valid); too many folds for the groups fail here, before any work. `unknown_only`:
+    over the split's unknown rows alone (indices into `unknown_rows`)."""
+    rows = unknown_rows(split) if unknown_only else pooled_rows(split)
+    n_valid = sum(r["label"] == UNKNOWN for r in split.rows("valid")) if unknown_only else len(split.rows("valid"))
+    return nested_fold_indices(rows, int(params["split"]["folds"]), params["seed"], inner_folds(len(rows), n_valid))
 
 
-def cross_validate(params: dict[str, Any], folds: list[tuple[list[int], list[int], list[int]]], data: Data,
-                   classes: list[str], pp: Preproc) -> tuple[dict[str, Any], list[float]]:
+def unknown_rows(split: SplitDir) -> list[Row]:
+    """The `unknown` rows of `pooled_rows` (add_unknown_class's split), in that order."""
+    return [r for r in pooled_rows(split) if r["label"] == UNKNOWN]
+
+
+def unknown_data(split: SplitDir, classes: list[str], size: int) -> Data:
+    """The unknown images of the split's train + valid (`unknown_rows` order), target len(classes): `classes`
+    must be the split's classes but `unknown`, in its order (the known model's head rows are kept)."""
+    if split.classes() != [*classes, UNKNOWN]:
+        raise PipelineError(f"crossval: {split.path} holds classes {split.classes()}, expected {[*classes, UNKNOWN]}")
+    data = pooled(split, split.classes(), size)
+    index = [i for i, r in enumerate(pooled_rows(split)) if r["label"] == UNKNOWN]
+    return subset(data, index)
+
+
+def cross_validate(params: dict[str, Any], folds: Folds, data: Data, classes: list[str], pp: Preproc,
+                   unknown: tuple[Folds, Data] | None = None) -> tuple[dict[str, Any], list[float]]:
     """Every fold (train, validation, held-out indices into `data`; see data.folds.nested_fold_indices):
-    (metrics, seconds per fold)."""
+    (metrics, seconds per fold). `unknown` (folds into unknown images, those images): fold i's net is also
+    retrained with fold i of the unknown images (split.fold_retrain; see `score_fold`)."""
     per_fold: dict[str, dict[str, Any]] = {}
     seconds: list[float] = []
     for i, (tr, va, held) in enumerate(folds):
         t0 = time.perf_counter()
+        extra = tuple(subset(unknown[1], part) for part in unknown[0][i]) if unknown else None
         per_fold[f"fold{i}"] = score_fold(params, i, subset(data, tr), subset(data, va), subset(data, held),
-                                          classes, pp)
+                                          classes, pp, extra)
         seconds.append(time.perf_counter() - t0)
         f = per_fold[f"fold{i}"]
         base = f" (pixel baseline {f['baseline_accuracy']:.4f})" if "baseline_accuracy" in f else ""
-        print(f"crossval fold {i}: accuracy {f['accuracy']:.4f}{base} macro_f1 {f['macro_f1']:.4f} "
+        k1 = f.get("retrained")
+        k1_text = (f"; retrained: accuracy {k1['accuracy']:.4f}, known right {k1['known_accuracy']:.4f}, unknown "
+                   f"recall {k1['unknown_recall']:.4f}, AUROC {k1['unknown_auroc']:.4f}") if k1 else ""
+        print(f"crossval fold {i}: accuracy {f['accuracy']:.4f}{base} macro_f1 {f['macro_f1']:.4f}{k1_text} "
               f"({seconds[-1]:.1f} s)", flush=True)
     out: dict[str, Any] = {"folds": len(folds), "per_fold": per_fold}
     for key in (*HEADLINE, "baseline_accuracy"):
         if all(key in f for f in per_fold.values()):
             out[key] = spread([f[key] for f in per_fold.values()])
+    if unknown:
+        out["retrained"] = {key: spread([f["retrained"][key] for f in per_fold.values()]) for key in RETRAINED}
     return out, seconds
 
 
-def run_stage(params: dict[str, Any], split: SplitDir, out: Path, features: Path | None = None) -> dict[str, Any]:
+def describe(res: dict[str, Any]) -> str:
+    """One line of the stage's result: means ± std of the headline metrics (and the K+1 model's)."""
+    def ms(v: dict[str, float]) -> str:
+        return f"{v['mean']:.4f} ± {v['std']:.4f}"
+    text = f"crossval: {res['folds']} folds, accuracy {ms(res['accuracy'])}, macro_f1 {ms(res['macro_f1'])}"
+    if "baseline_accuracy" in res:
+        text += f", pixel baseline {ms(res['baseline_accuracy'])}"
+    if "retrained" in res:
+        k1 = res["retrained"]
+        text += (f"; retrained: accuracy {ms(k1['accuracy'])}, known right {ms(k1['known_accuracy'])}, "
+                 f"unknown recall {ms(k1['unknown_recall'])}, AUROC {ms(k1['unknown_auroc'])}")
+    return text
+
+
+def run_stage(params: dict[str, Any], split: SplitDir, out: Path, features: Path | None = None,
+              unknown_split: SplitDir | None = None) -> dict[str, Any]:
     """The crossval stage with folds on: data, one MLflow run, every fold, metrics/crossval.json. `features`:
-    the split's ImageNet features (tlpipe.features), each fold's plain head view when they match."""
+    the split's ImageNet features (tlpipe.features), each fold's plain head view when they match;
+    `unknown_split` (add_unknown_class's, with split.fold_retrain): retrain every fold too."""
     if params["augment"]["engine"] == "v2":
         transforms.build_v2(params["augment"]["v2"])  # a bad op fails here, before any work
     folds = folds_of(params, split)  # too many: fail now
+    unknown_folds = folds_of(params, unknown_split, unknown_only=True) if unknown_split else None
     classes = split.classes()
     pp = preproc(params["model"], params["device"])
     with tracking.stage_run("crossval", params, params["tracking"]["experiment"]) as tracker:
         shared = feature_cache.load(features, params, split, POOL)
-        values, seconds = cross_validate(params, folds, pooled(split, classes, pp.size, shared), classes, pp)
+        unknown = (unknown_folds, unknown_data(unknown_split, classes, pp.size)) if unknown_split else None
+        values, seconds = cross_validate(params, folds, pooled(split, classes, pp.size, shared), classes, pp, unknown)
         write_json(out, values)
         tracker.metrics(values)
         tracker.metrics({f"fold{i}_seconds": s for i, s in enumerate(seconds)})

@@ -16,6 +16,7 @@ from ..atomic import write_json
 from ..config.phases import Phase
 from ..data import transforms
 from ..data.splitdir import Data, SplitDir
+from ..errors import PipelineError
 from ..evaluation import plots
 from ..evaluation.calibration import fit_temperature
 from ..inference import Preproc, predict_logits, preproc_from_params
@@ -52,12 +53,13 @@ def meta_for(model: dict[str, Any], classes: list[str], prep: Preproc, extra: di
             "mean": list(prep.mean), "std": list(prep.std), "input_norm": prep.input_norm, **extra}
 
 
-def _epoch_hook(name: str, offset: int, tracker: tracking.Tracker,
+def _epoch_hook(name: str, offset: int, tracker: tracking.Tracker | None,
                 history: list[dict[str, Any]]) -> Callable[[dict[str, float]], None]:
-    """Per-epoch record of phase `name`: numbered across phases, logged, kept, printed."""
+    """Per-epoch record of phase `name`: numbered across phases, logged (with a tracker), kept, printed."""
     def hook(rec: dict[str, float]) -> None:
         rec = {**rec, "epoch": rec["epoch"] + offset}
-        tracker.epoch(rec)
+        if tracker is not None:
+            tracker.epoch(rec)
         history.append({**rec, "phase": name})
         print(f"[{name}] epoch {int(rec['epoch'])}: train_loss {rec['train_loss']:.4f} "
               f"train_acc {rec['train_acc']:.4f} val_loss {rec['val_loss']:.4f} val_acc {rec['val_acc']:.4f}",
@@ -66,12 +68,12 @@ def _epoch_hook(name: str, offset: int, tracker: tracking.Tracker,
 
 
 def run_phases(net: models.Net, phases: list[tuple[str, Phase]], train: Data, valid: Data, prep: Preproc,
-               augment: dict[str, Any], tracker: tracking.Tracker,
+               augment: dict[str, Any], tracker: tracking.Tracker | None,
                resume: Callable[[str], Resume | None] = lambda name: None,
                precision: str = "fp32") -> tuple[FitResult, list[dict[str, Any]]]:
     """Run phases in order (each starts from the previous one's best); history numbered across phases.
-    `resume(phase name)` says where that phase keeps its resume file (None: no resuming); `precision`
-    train.precision."""
+    `tracker` None: epochs are printed, not logged (a fold of crossval); `resume(phase name)` says where that
+    phase keeps its resume file (None: no resuming); `precision` train.precision."""
     history: list[dict[str, Any]] = []
     best = FitResult()
     offset = 0
@@ -80,7 +82,8 @@ def run_phases(net: models.Net, phases: list[tuple[str, Phase]], train: Data, va
         t0 = time.perf_counter()
         res = fit(net, train, valid, phase, prep, augment, _epoch_hook(name, offset, tracker, history), resume(name),
                   precision, memo)
-        tracker.metrics({f"{name}_seconds": time.perf_counter() - t0})
+        if tracker is not None:
+            tracker.metrics({f"{name}_seconds": time.perf_counter() - t0})
         best_epoch = res.best_epoch + offset if res.best_epoch else best.best_epoch
         if not best.best_state or better(res.best_val_acc, res.best_val_loss, best):
             best = FitResult(best_epoch=best_epoch, best_val_acc=res.best_val_acc,
@@ -170,5 +173,7 @@ def train(stage: str, out: Outputs, params: dict[str, Any], split: SplitDir, pha
 def extend_head(init: Path, backbone: str, classes: list[str]) -> models.Net:
     """The checkpoint at `init` with a head for `classes` (its known rows copied; the rest new)."""
     net, meta = checkpoint.restore(init, backbone)
+    if list(meta["classes"]) != classes[:len(meta["classes"])]:
+        raise PipelineError(f"{init}: its classes {meta['classes']} are not the first of {classes}")
     models.replace_head(net, len(classes), keep_rows=len(meta["classes"]))
     return net
