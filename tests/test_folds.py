@@ -177,6 +177,7 @@ def test_open_set_scores_count_known_right_unknown_caught_and_rank_the_unknown_p
     s = open_set_scores(targets, logits, unknown=2)
     assert s["accuracy"] == round(4 / 6, 6)
     assert s["known_accuracy"] == round(2 / 3, 6)  # the second `1` was called unknown
+    assert s["known_rejected"] == round(1 / 3, 6)
     assert s["unknown_recall"] == round(2 / 3, 6)  # the last unknown was called 0
     # unknown probabilities: known 0.0067, 0.0067, 0.987; unknown 0.987 (a tie: half), 0.965, 0.018: 6.5 of 9 pairs
     assert s["unknown_auroc"] == round(6.5 / 9, 6)
@@ -217,7 +218,7 @@ def test_crossval_retrains_each_fold_with_unknown_images_of_its_own_groups():
         assert k1["accuracy"] == pytest.approx(
             (k1["known_accuracy"] * n_known + k1["unknown_recall"] * n_unknown) / (n_known + n_unknown), abs=1e-5)
         assert 0 <= k1["unknown_auroc"] <= 1
-    for key in ("accuracy", "known_accuracy", "unknown_recall", "unknown_auroc"):
+    for key in ("accuracy", "known_accuracy", "known_rejected", "unknown_recall", "unknown_auroc"):
         vals = [f["retrained"][key] for f in res["per_fold"].values()]
         assert res["retrained"][key]["mean"] == pytest.approx(sum(vals) / 2, abs=1e-6)
 
@@ -242,7 +243,8 @@ def test_crossval_stage_with_fold_retrain_writes_the_k1_scores(tmp_path):
     proc = D.run_stage(repo, "crossval")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     res = json.loads((repo / "metrics/crossval.json").read_text())
-    assert set(res["retrained"]) == {"accuracy", "known_accuracy", "unknown_recall", "unknown_auroc"}
+    assert set(res["retrained"]) == {"accuracy", "known_accuracy", "known_rejected", "unknown_recall",
+                                     "unknown_auroc"}
     for f in res["per_fold"].values():
         assert f["retrained"]["n_unknown_held_out"] > 0 and f["retrained"]["n_unknown_train"] > 0
     assert "retrained: accuracy" in proc.stdout + proc.stderr
