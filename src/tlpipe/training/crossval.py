@@ -33,11 +33,11 @@ from ..data import transforms
 from ..data.folds import inner_folds, nested_fold_indices
 from ..data.manifest import UNKNOWN, Row
 from ..data.splitdir import Data, SplitDir
+from ..errors import PipelineError
 from ..evaluation.baseline import pixel_baseline
 from ..evaluation.metrics import compute
 from ..inference import Preproc, predict_logits
 from ..runtime import set_seed
-from ..errors import PipelineError
 from .loop import FitResult, fit
 from .stage import preproc, run_phases
 
@@ -136,10 +136,9 @@ def retrain_fold(params: dict[str, Any], run: str, net: models.Net, train: Data,
 
 
 def open_set_scores(targets: torch.Tensor, logits: torch.Tensor, unknown: int) -> dict[str, float]:
-    """The K+1 model on known and unknown images (class `unknown` = the last): accuracy over all, the known
-    images classified right, the known images called unknown (of their errors, those the unknown class
-    took), the unknown images called unknown, and the AUROC of the unknown probability (unknown images
-    against known ones)."""
+    """The K+1 model on known and unknown images (class `unknown` = the last): accuracy over all, the share
+    of known images classified right and of those called unknown (`known_rejected`), the share of unknown
+    images called unknown, and the AUROC of the unknown probability (unknown images against known ones)."""
     from sklearn.metrics import roc_auc_score
 
     t, pred = targets.numpy(), logits.argmax(1).numpy()
