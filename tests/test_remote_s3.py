@@ -30,7 +30,7 @@ LIGHT = {**FAST, "data.max_per_class": 40, "unknown.train_images": 40, "unknown.
          "evaluate.bootstrap": 0, "evaluate.baseline_size": 0, "evaluate.gallery_images": 4,
          "robustness.corruptions": ["noise"], "robustness.max_images": 40}  # the storage, not the model, is tested
 UPSTREAM = {"download", "split", "decode@split", "decode@split_unknown", "train_head", "finetune",
-            "add_unknown_class", "crossval", "export@finetuned"}
+            "add_unknown_class", "export@finetuned"}  # crossval reads retrain.* too (split.fold_retrain)
 
 
 def always_changed(repo: Path) -> set[str]:
