@@ -59,3 +59,16 @@ def test_cache_goes_stale_when_size_or_manifest_changes(tmp_path: Path) -> None:
     rebuilt = cache.load(split, "valid", raw, 16, out)  # stale: decoded again, matching the new manifest
     assert rebuilt.shape == (5, 16, 16, 3) and not isinstance(rebuilt, np.memmap)
     assert cache.is_fresh(split, out, "train", 16)
+
+
+def test_splitdir_images_of_chosen_rows_are_those_rows_of_the_whole_split(tmp_path: Path) -> None:
+    """SplitDir.images(split, size, rows): the chosen manifest rows, in the order asked, from the cache or decoded."""
+    from tlpipe.data.splitdir import SplitDir
+
+    raw, split = make_split(tmp_path)
+    cache.build(split, raw, tmp_path / "cache", 16)
+    for folder in (SplitDir(split, raw, tmp_path / "cache"), SplitDir(split, raw, None)):
+        whole = folder.images("train", 16)
+        assert whole.shape == (6, 3, 16, 16) and whole.dtype == torch.uint8
+        torch.testing.assert_close(folder.images("train", 16, [4, 1, 3]), whole[[4, 1, 3]], rtol=0, atol=0)
+        assert folder.images("train", 16, []).shape == (0, 3, 16, 16)

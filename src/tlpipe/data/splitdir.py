@@ -6,6 +6,7 @@ evaluation stages read. torch is imported only when images are asked for."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,14 +59,17 @@ class SplitDir:
     def classes(self) -> list[str]:
         return list(self.info()["classes"])
 
-    def images(self, split: str, size: int) -> Any:
-        """uint8 NCHW tensor of a split, copied once out of the (memory-mapped) decoded cache."""
+    def images(self, split: str, size: int, rows: Sequence[int] | None = None) -> Any:
+        """uint8 NCHW tensor of a split (of its manifest `rows` only, in that order, when given), copied once out
+        of the (memory-mapped) decoded cache."""
         import numpy as np
         import torch
 
         from . import cache
 
         arr = cache.load(self.path, split, self.raw, size, self.cache)
+        if rows is not None:
+            arr = arr[np.asarray(rows, dtype=np.int64)]
         return torch.from_numpy(np.ascontiguousarray(np.transpose(arr, (0, 3, 1, 2))))
 
     def data(self, split: str, classes: list[str], size: int) -> Data:

@@ -142,7 +142,7 @@ def baseline_report(split: SplitDir, test: Scored, keep: np.ndarray, test_images
     index = {c: i for i, c in enumerate(classes)}
     train_target = np.array([index.get(r["label"], -1) for r in split.rows("train")], dtype=np.int64)
     usable = train_target >= 0
-    train_images = split.images("train", test_images.shape[-1])[torch.from_numpy(usable)]
+    train_images = split.images("train", test_images.shape[-1], np.flatnonzero(usable).tolist())
     return pixel_baseline((train_images, train_target[usable]),
                           (test_images[torch.from_numpy(keep)], test.target.numpy()[keep]),
                           test.group[keep], len(classes), size, seed, resamples)

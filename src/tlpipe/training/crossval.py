@@ -180,9 +180,9 @@ def unknown_data(split: SplitDir, classes: list[str], size: int) -> Data:
     must be the split's classes but `unknown`, in its order (the known model's head rows are kept)."""
     if split.classes() != [*classes, UNKNOWN]:
         raise PipelineError(f"crossval: {split.path} holds classes {split.classes()}, expected {[*classes, UNKNOWN]}")
-    data = pooled(split, split.classes(), size)
-    index = [i for i, r in enumerate(pooled_rows(split)) if r["label"] == UNKNOWN]
-    return subset(data, index)
+    parts = [split.images(s, size, [i for i, r in enumerate(split.rows(s)) if r["label"] == UNKNOWN]) for s in POOL]
+    images = torch.cat(parts)
+    return Data(images, torch.full((len(images),), len(classes), dtype=torch.long))
 
 
 def cross_validate(params: dict[str, Any], folds: Folds, data: Data, classes: list[str], pp: Preproc,
