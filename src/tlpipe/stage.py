@@ -32,16 +32,17 @@ def _skip_teardown() -> None:
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 MMAP_THRESHOLD = 32 << 20  # the largest glibc accepts on 64-bit: blocks below it come from the reusable heap
-TRIM_THRESHOLD = 1 << 30  # free memory at the heap's top kept, up to this, rather than given back to the OS
+TRIM_THRESHOLD = 256 << 20  # free memory at the heap's top kept, up to this, rather than given back to the OS
 
 
 def keep_freed_memory() -> bool:
     """glibc only (else a no-op, False): let freed blocks under 32 MiB (activations, batches, gradients) be reused
     from the heap instead of being unmapped and mapped afresh. By default glibc returns blocks over 128 KiB-32 MiB
     to the OS on free; a stage that allocates and frees the same activations every step then pays a page fault
-    per 4 KiB touched: millions per stage, 10-30% of a training or evaluation stage's wall time on 2 cores
-    (bench/README.md 14.). Peak RSS does not change: the kept memory is what the process already used. Skipped
-    when the user tunes malloc through the environment (MALLOC_*_ or GLIBC_TUNABLES)."""
+    per 4 KiB touched: millions per stage, 10-30% of a training or evaluation stage's wall time on 2 cores.
+    The price: blocks of a few MiB now share the heap, whose fragments raise a stage's peak RSS by ~0.1-0.25 GB
+    (bench/README.md 14.). Skipped when the user tunes malloc through the environment (MALLOC_*_ or
+    GLIBC_TUNABLES)."""
     if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ) \
             or "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
