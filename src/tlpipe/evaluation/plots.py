@@ -5,6 +5,7 @@ matplotlib is imported by the figure functions only, so that importing this modu
 from __future__ import annotations
 
 import csv
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -173,13 +174,15 @@ def write_rows_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
         w.writerows(rows)
 
 
-def lr_find_png(path: str | Path, sweeps: dict[str, tuple[list[float], list[float], float]], rule: str) -> None:
-    """Smoothed loss against the learning rate (log scale), one panel per phase, each suggestion marked."""
+def lr_find_png(path: str | Path, sweeps: dict[str, tuple[list[float], list[float], float, str]], rule: str) -> None:
+    """Smoothed loss against the learning rate (log scale), one panel per phase, each suggestion marked with
+    the rule that gave it."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(sweeps), figsize=(5 * len(sweeps), 4), dpi=110, squeeze=False)
-    for ax, (name, (lrs, smoothed, suggestion)) in zip(axes[0], sweeps.items()):
+    for ax, (name, (lrs, smoothed, suggestion, by)) in zip(axes[0], sweeps.items()):
         ax.plot(lrs, smoothed, "-", linewidth=1.5)
-        ax.axvline(suggestion, color="tab:red", linestyle="--", linewidth=1, label=f"suggestion {suggestion:.2g}")
+        ax.axvline(suggestion, color="tab:red", linestyle="--", linewidth=1,
+                   label=f"suggestion {suggestion:.2g} ({by})")
         finite = [s for s in smoothed if np.isfinite(s)]
         if finite:  # from the lowest loss to the highest before it: the blow-up at the end would flatten the rest
             low = min(finite)
@@ -190,6 +193,6 @@ def lr_find_png(path: str | Path, sweeps: dict[str, tuple[list[float], list[floa
         ax.set_title(name)
         ax.grid(alpha=0.3, which="both")
         ax.legend()
-    fig.suptitle(f"lr_find: {rule}", fontsize=9)
+    fig.suptitle("lr_find: " + textwrap.fill(rule, 150), fontsize=9)
     fig.tight_layout()
     _save(fig, path)

@@ -32,7 +32,11 @@ from .optim import make_optimizer
 SMOOTHING = 0.9  # weight of the running average per step (fastai: 0.98, whose minimum lags far behind the loss)
 DIVERGED = 4.0  # the sweep stops when the smoothed loss exceeds this multiple of its minimum
 SKIP_START = 10  # first steps left out of the minimum: the running average has not settled (fastai skips 10 too)
-RULE = f"the rate of the lowest smoothed loss after the first {SKIP_START} steps, divided by 10 (fastai's min/10 rule)"
+FLAT = 0.1  # a sweep whose smoothed loss falls by less than this share of its level before its minimum is flat
+RISE = 0.05  # a flat sweep's edge: the last rate before the smoothed loss first exceeds its minimum by this share
+RULE = (f"min/10: the rate of the lowest smoothed loss after the first {SKIP_START} steps, divided by 10 (fastai); "
+        f"on a flat sweep (the loss falls < {FLAT:.0%} first, as from a trained head), edge/3: the last rate before "
+        f"the loss rises {RISE:.0%} above its minimum, divided by 3 (Smith 2017)")
 
 
 @dataclass
@@ -45,6 +49,7 @@ class Sweep:
     lr_min: float  # the rate of the lowest smoothed loss
     suggestion: float
     diverged: bool  # True when the sweep stopped early, the loss having blown up
+    rule: str = "min/10"  # which half of RULE gave the suggestion: "min/10", or "edge/3" for a flat sweep
 
     def rows(self) -> list[dict[str, float]]:
         """One row per step, for the CSV that `dvc plots` draws (log10 of the rate: the x axis)."""
@@ -59,11 +64,19 @@ def rates(start: float, end: float, steps: int) -> list[float]:
     return [start * (end / start) ** (i / (steps - 1)) for i in range(steps)]
 
 
-def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float, float]:
-    """(lr_min, suggestion) by RULE (a sweep shorter than SKIP_START + 1 steps: over all of it)."""
+def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float, float, str]:
+    """(lr_min, suggestion, rule) by RULE (a sweep shorter than SKIP_START + 1 steps: over all of it). A sweep
+    that starts from a trained model cannot lower the loss: it stays flat, then blows up, and where its noise
+    puts the minimum is chance (min/10 then said 5e-7 for fine-tuning GTSRB). What such a sweep does show is
+    the edge, the largest rate the model tolerates; Smith (2017) trains at a third to a quarter of it."""
     first = SKIP_START if len(smoothed) > SKIP_START else 0
     best = min(range(first, len(smoothed)), key=smoothed.__getitem__)
-    return lrs[best], lrs[best] / 10.0
+    low, top = smoothed[best], max(smoothed[first : best + 1])
+    if top - low >= FLAT * top:
+        return lrs[best], lrs[best] / 10.0, "min/10"
+    rises = [i for i in range(first, len(smoothed)) if not smoothed[i] <= (1 + RISE) * low]  # inf, nan count
+    edge = lrs[max(rises[0] - 1, first)] if rises else lrs[-1]
+    return lrs[best], edge / 3.0, "edge/3"
 
 
 def _mode(net: models.Net, phase: Phase) -> Mode:
@@ -112,8 +125,8 @@ def sweep(net: models.Net, train: Data, phase: Phase, prep: Preproc, augment: di
         if i > 5 and (not math.isfinite(smoothed[-1]) or smoothed[-1] > DIVERGED * min(smoothed)):
             break
     diverged = len(lrs) < steps
-    lr_min, suggestion = suggest(lrs, smoothed)
-    return Sweep(lrs, losses, smoothed, lr_min, suggestion, diverged)
+    lr_min, suggestion, rule = suggest(lrs, smoothed)
+    return Sweep(lrs, losses, smoothed, lr_min, suggestion, diverged, rule)
 
 
 def _starts(params: dict[str, Any], init: Path, n_classes: int) -> dict[str, tuple[str, Callable[[], models.Net]]]:
@@ -129,8 +142,8 @@ def report(found: dict[str, Sweep], params: dict[str, Any]) -> dict[str, Any]:
     head, ft = found["head"], found["finetune"]
     scale = float(f"{ft.suggestion / head.suggestion:.2g}")
     return {"rule": RULE, **{k: params["lr_find"][k] for k in ("steps", "start_lr", "end_lr")},
-            **{name: {"suggestion": float(f"{s.suggestion:.2g}"), "lr_min": s.lr_min, "diverged": s.diverged,
-                      "steps_run": len(s.lrs)} for name, s in found.items()},
+            **{name: {"suggestion": float(f"{s.suggestion:.2g}"), "by": s.rule, "lr_min": s.lr_min,
+                      "diverged": s.diverged, "steps_run": len(s.lrs)} for name, s in found.items()},
             "set": {"train.lr": float(f"{head.suggestion:.2g}"), "finetune.lr_scale": scale}}
 
 
@@ -149,7 +162,7 @@ def run_stage(params: dict[str, Any], split: SplitDir, init: Path, out: Path, pl
             found[name] = sweep(start(), train, Phase.from_params(params, phase_name), prep, params["augment"],
                                 cfg["steps"], cfg["start_lr"], cfg["end_lr"], params["seed"])
             plots.write_rows_csv(plot_dir / f"lr_find_{name}.csv", found[name].rows())
-        settled = {n: (s.lrs[SKIP_START:], s.smoothed[SKIP_START:], s.suggestion) for n, s in found.items()}
+        settled = {n: (s.lrs[SKIP_START:], s.smoothed[SKIP_START:], s.suggestion, s.rule) for n, s in found.items()}
         plots.lr_find_png(plot_dir / "lr_find.png", settled, RULE)  # the steps the minimum is taken over
         result = report(found, params)
         write_json(out, result)
@@ -157,6 +170,6 @@ def run_stage(params: dict[str, Any], split: SplitDir, init: Path, out: Path, pl
         for f in (out, plot_dir / "lr_find.png"):
             tracker.artifact(f)
     sets = " ".join(f"-S {k}={v:g}" for k, v in result["set"].items())
-    say(f"lr_find: head {result['head']['suggestion']:g}, finetune {result['finetune']['suggestion']:g} "
-        f"({RULE}); try: dvc exp run {sets}")
+    said = ", ".join(f"{n} {result[n]['suggestion']:g} ({result[n]['by']})" for n in found)
+    say(f"lr_find: {said}; try: dvc exp run {sets} (rules: reports/lr_find.json)")
     return result
