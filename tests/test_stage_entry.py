@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from _support import FAULT_PROBE
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
@@ -67,31 +69,11 @@ def test_argparse_errors_keep_their_status(tmp_path):
 
 
 _FAULTS = """
-import ctypes, resource, sys
+import sys
 sys.path.insert(0, {src!r})
 from tlpipe.stage import entry
-
-libc = ctypes.CDLL(None)  # torch's CPU tensors are allocated by the same malloc (posix_memalign)
-libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-libc.free.argtypes = [ctypes.c_void_p]
-SIZE = 20 << 20
-
-def step():  # four 20 MiB blocks live at once, every page written (a batch's activations), then freed
-    blocks = [libc.malloc(SIZE) for _ in range(4)]
-    for b in blocks:
-        ctypes.memset(b, 1, SIZE)
-    for b in reversed(blocks):
-        libc.free(b)
-
-def main():
-    for _ in range(3):  # the heap settles
-        step()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(4):
-        step()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-
-entry(main)
+{probe}
+entry(fault_probe)
 """
 
 
@@ -100,7 +82,7 @@ def test_stage_process_reuses_freed_memory_unless_the_user_tunes_malloc(tmp_path
     """Blocks a stage frees are reused without fresh page faults (with glibc's defaults the freed 80 MiB are
     trimmed and each step faults them in anew, ~20,000 pages); a user's own malloc tuning is left alone."""
     script = tmp_path / "faults.py"
-    script.write_text(_FAULTS.format(src=str(SRC)), encoding="utf-8")
+    script.write_text(_FAULTS.format(src=str(SRC), probe=FAULT_PROBE), encoding="utf-8")
 
     def faults(**env: str) -> int:
         res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,

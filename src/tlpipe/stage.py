@@ -4,12 +4,12 @@ freed memory kept for reuse."""
 from __future__ import annotations
 
 import atexit
-import ctypes
 import logging
 import os
 import sys
 from typing import Callable
 
+from .allocator import keep_freed_memory
 from .atomic import clean_stale_tree
 from .errors import PipelineError
 
@@ -28,30 +28,6 @@ def _skip_teardown() -> None:
         except (OSError, ValueError):  # closed or broken pipe: nothing left to say
             pass
     os._exit(_status)
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-MMAP_THRESHOLD = 32 << 20  # the largest glibc accepts on 64-bit: blocks below it come from the reusable heap
-TRIM_THRESHOLD = 256 << 20  # free memory at the heap's top kept, up to this, rather than given back to the OS
-
-
-def keep_freed_memory() -> bool:
-    """glibc only (else a no-op, False): let freed blocks under 32 MiB (activations, batches, gradients) be reused
-    from the heap instead of being unmapped and mapped afresh. By default glibc returns blocks over 128 KiB-32 MiB
-    to the OS on free; a stage that allocates and frees the same activations every step then pays a page fault
-    per 4 KiB touched: millions per stage, 10-30% of a training or evaluation stage's wall time on 2 cores.
-    The price: blocks of a few MiB now share the heap, whose fragments raise a stage's peak RSS by ~0.1-0.25 GB
-    (bench/README.md 14.). Skipped when the user tunes malloc through the environment (MALLOC_*_ or
-    GLIBC_TUNABLES)."""
-    if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ) \
-            or "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def _code(exc: SystemExit) -> int:
