@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from _support import FAULT_PROBE, REPO
+from _support import REPO
 from tlpipe import checkpoint, models, predict
 from tlpipe.serving import model as serving, registry, server as srv
 from tlpipe.errors import PipelineError
@@ -227,23 +226,3 @@ def test_mlflow_models_serve_answers_like_predict_command(store, tmp_path: Path)
         srv.stop(server)
         log.close()
 
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator setting is glibc's")
-def test_the_process_that_loads_the_model_reuses_freed_memory(store) -> None:
-    """The served model (loaded by MLflow, as `mlflow models serve` does) switches its process to reusing freed
-    memory (tlpipe.allocator): a 16-image pass faulted ~277,000 pages in anew with glibc's defaults."""
-    script = store["root"] / "probe.py"
-    script.write_text(FAULT_PROBE + f"""
-import mlflow.pyfunc
-mlflow.pyfunc.load_model("models:/{NAME}/{store['version']}")
-fault_probe()
-""", encoding="utf-8")
-
-    def faults(**env: str) -> int:
-        res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "MLFLOW_TRACKING_URI": store["uri"], **env})
-        assert res.returncode == 0, res.stderr[-2000:]
-        return int(res.stdout.split()[-1])
-
-    assert faults() < 2000
-    assert faults(GLIBC_TUNABLES="glibc.malloc.perturb=0") > 40000  # the user's own tuning: glibc's defaults

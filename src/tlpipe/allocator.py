@@ -1,7 +1,8 @@
 """The process's memory allocator: freed blocks kept for reuse instead of being handed back to the OS.
 
-Called once per process that runs torch work: by `stage.entry` (every stage script, `tlpipe-predict`) and by the
-served model when MLflow loads it (`serving.model`). Imports nothing heavy."""
+Called by `stage.entry` in a script's own process (every stage, `tlpipe-predict`); not by the served model,
+where it made no measurable difference under load and would change the malloc settings of any process that
+loads the model (bench/README.md 14.). Imports nothing heavy."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def keep_freed_memory() -> bool:
     reused from the heap instead of being unmapped and mapped afresh. With glibc's defaults (a dynamic 128 KiB-
     32 MiB mmap threshold, the heap trimmed above twice that) a process that frees and reallocates the same
     activations every step pays a page fault per 4 KiB touched: millions per stage, 10-30% of a training or
-    evaluation stage's wall time on 2 cores, a quarter of a 16-image served pass. The price: blocks of a few
+    evaluation stage's wall time on 2 cores. The price: blocks of a few
     MiB share the heap, whose fragments raise a stage's peak RSS by ~0.1-0.25 GB (bench/README.md 14.).
     Skipped when the user tunes malloc through the environment (MALLOC_*_ or GLIBC_TUNABLES)."""
     if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ) \

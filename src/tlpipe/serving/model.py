@@ -27,7 +27,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from .. import checkpoint
-from ..allocator import keep_freed_memory
 from ..errors import PipelineError
 from ..inference import classify
 
@@ -84,7 +83,6 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
     fixed cost of a pass over concurrent requests. A request with a bad image fails alone."""
 
     def load_context(self, context: Any) -> None:
-        keep_freed_memory()  # the server process reuses each pass's freed activations (tlpipe.allocator)
         if ONNX_ARTIFACT in context.artifacts:
             from ..inference_onnx import OnnxClassifier
 
