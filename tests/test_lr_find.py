@@ -89,7 +89,6 @@ def test_finetune_sweep_on_the_cached_prefix(data, head_sweep) -> None:
               start=1e-6, end=1.0, seed=0)
     assert all(math.isfinite(v) for v in s.smoothed[:10])
     assert s.lrs[0] <= s.lr_min <= s.lrs[-1] and (s.lr_min, s.suggestion, s.rule) == suggest(s.lrs, s.smoothed)
-    print("finetune sweep rule", s.rule, s.suggestion, s.lr_min)
 
 
 def test_same_seed_same_sweep(data) -> None:

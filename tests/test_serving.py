@@ -225,4 +225,3 @@ def test_mlflow_models_serve_answers_like_predict_command(store, tmp_path: Path)
     finally:
         srv.stop(server)
         log.close()
-
