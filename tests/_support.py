@@ -33,4 +33,3 @@ def serve_directory(folder: Path, handler: type = QuietHandler) -> Iterator[str]
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
-
