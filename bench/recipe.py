@@ -61,9 +61,9 @@ def cross_validate(params: dict, split: SplitDir, classes: list[str], k: int) ->
     them (test never touched)."""
     params = {**params, "split": {**params["split"], "folds": k}}
     prep = preproc_from_params(params["model"], "cpu")
-    res, _ = crossval.cross_validate(params, crossval.folds_of(params, split),
-                                     crossval.pooled(split, classes, prep.size), classes, prep)
-    return [f["accuracy"] for f in res["per_fold"].values()]
+    res = crossval.cross_validate(params, crossval.folds_of(params, split),
+                                  crossval.pooled(split, classes, prep.size), classes, prep)
+    return [f["accuracy"] for f in res.metrics["per_fold"].values()]
 
 
 def mean_of(result: dict, corruption: str) -> float:

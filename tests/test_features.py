@@ -92,8 +92,8 @@ def test_crossval_folds_from_shared_features_score_as_from_their_own(digits):
     folds = folds_of({**params, "split": {**params["split"], "folds": 2}}, split)
     with_shared = pooled(split, classes, prep.size, shared)
     assert with_shared.features is not None and len(with_shared.features) == len(with_shared.targets)
-    a, _ = cross_validate(params, folds, with_shared, classes, prep)
-    b, _ = cross_validate(params, folds, pooled(split, classes, prep.size), classes, prep)
+    a = cross_validate(params, folds, with_shared, classes, prep).metrics
+    b = cross_validate(params, folds, pooled(split, classes, prep.size), classes, prep).metrics
     # features computed in other batches round differently in the last float bit: the loss may move by 1e-6
     for fold in a["per_fold"]:
         fa, fb = a["per_fold"][fold], b["per_fold"][fold]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
@@ -130,7 +131,7 @@ def test_crossval_returns_per_fold_and_spread():
     images = (colour[:, :, None, None] + 25 * torch.randn(len(rows), 3, 32, 32, generator=g)).clamp(0, 255)
     data = Data(images.to(torch.uint8), torch.tensor([int(r["label"] == "blue") for r in rows]))
     p = tiny_params()
-    res, seconds = cross_validate(p, nested_fold_indices(rows, 2, p["seed"], 2), data, ["red", "blue"],
+    res, seconds, _ = cross_validate(p, nested_fold_indices(rows, 2, p["seed"], 2), data, ["red", "blue"],
                                   preproc(p["model"], "cpu"))
     assert res["folds"] == 2 and len(seconds) == 2 and sorted(res["per_fold"]) == ["fold0", "fold1"]
     for f in res["per_fold"].values():
@@ -208,8 +209,8 @@ def test_crossval_retrains_each_fold_with_unknown_images_of_its_own_groups():
     p["retrain"]["finetune"].update(epochs=1, batch_size=8, unfreeze_blocks=1, prefix_views=1)
     folds, ufolds = nested_fold_indices(rows, 2, p["seed"], 2), nested_fold_indices(urows, 2, p["seed"], 2)
     pp = preproc(p["model"], "cpu")
-    plain, _ = cross_validate(p, folds, data, ["red", "blue"], pp)
-    res, _ = cross_validate(p, folds, data, ["red", "blue"], pp, (ufolds, unknown))
+    plain = cross_validate(p, folds, data, ["red", "blue"], pp).metrics
+    res, _, preds = cross_validate(p, folds, data, ["red", "blue"], pp, (ufolds, unknown))
     for i, (name, f) in enumerate(res["per_fold"].items()):
         assert {k: v for k, v in f.items() if k != "retrained"} == plain["per_fold"][name]
         k1 = f["retrained"]
@@ -221,11 +222,26 @@ def test_crossval_retrains_each_fold_with_unknown_images_of_its_own_groups():
     for key in ("accuracy", "known_accuracy", "known_rejected", "unknown_recall", "unknown_auroc"):
         vals = [f["retrained"][key] for f in res["per_fold"].values()]
         assert res["retrained"][key]["mean"] == pytest.approx(sum(vals) / 2, abs=1e-6)
+    # out-of-fold predictions: every known (and, retrained, unknown) image once, by the fold that held it out,
+    # agreeing with that fold's scores
+    known, k1 = preds
+    assert (known.model, k1.model) == ("finetuned", "retrained") and k1.classes == ["red", "blue", UNKNOWN]
+    assert k1.targets.tolist() == data.targets.tolist() + [2] * len(urows)
+    for i, (_, _, held) in enumerate(folds):
+        assert sorted(np.flatnonzero(known.fold == i).tolist()) == held
+        assert sorted(np.flatnonzero(k1.fold == i).tolist()) == held + [len(rows) + j for j in ufolds[i][2]]
+        f = res["per_fold"][f"fold{i}"]
+        assert (known.predicted[held] == known.targets[held]).mean() == pytest.approx(f["accuracy"], abs=1e-6)
+        mine = k1.fold == i
+        assert (k1.predicted[mine] == k1.targets[mine]).mean() == pytest.approx(f["retrained"]["accuracy"], abs=1e-6)
+    assert ((known.confidence >= 0.5) & (known.confidence <= 1)).all()  # two classes: the argmax's probability
 
 
 def test_crossval_stage_with_fold_retrain_writes_the_k1_scores(tmp_path):
     """The stage on a small digits run: split.folds 2 and split.fold_retrain give per-fold and mean K+1
-    scores in metrics/crossval.json; with add_unknown_class not run, one error naming the missing file."""
+    scores in metrics/crossval.json and every out-of-fold error in reports/crossval_errors.csv; with
+    add_unknown_class not run, one error naming the missing file."""
+    import csv
     import json
 
     import _datafix as D
@@ -248,3 +264,16 @@ def test_crossval_stage_with_fold_retrain_writes_the_k1_scores(tmp_path):
     for f in res["per_fold"].values():
         assert f["retrained"]["n_unknown_held_out"] > 0 and f["retrained"]["n_unknown_train"] > 0
     assert "retrained: accuracy" in proc.stdout + proc.stderr
+    # each out-of-fold error names a row of the split it came from (known: data/split, unknown: split_unknown)
+    errors = list(csv.DictReader(open(repo / "reports/crossval_errors.csv")))
+    known = {r["path"]: r for s in ("train", "valid") for r in csv.DictReader(open(repo / f"data/split/{s}.csv"))}
+    unknown = {r["path"]: r for s in ("train", "valid")
+               for r in csv.DictReader(open(repo / f"data/split_unknown/{s}.csv")) if r["label"] == "unknown"}
+    for e in errors:
+        row = (known if e["model"] == "finetuned" or e["actual"] != "unknown" else unknown)[e["path"]]
+        assert e["actual"] == row["label"] != e["predicted"] and e["group"] == row["group"]
+    n_wrong = {m: sum(e["model"] == m for e in errors) for m in ("finetuned", "retrained")}
+    n_held = sum(f["n_held_out"] for f in res["per_fold"].values())
+    acc = sum(f["accuracy"] * f["n_held_out"] for f in res["per_fold"].values()) / n_held
+    assert n_wrong["finetuned"] == round((1 - acc) * n_held)
+    assert f"out-of-fold errors, finetuned {n_wrong['finetuned']} of {n_held}" in proc.stdout

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -36,7 +36,10 @@ from ..data.splitdir import Data, SplitDir
 from ..errors import PipelineError
 from ..evaluation.baseline import pixel_baseline
 from ..evaluation.metrics import compute
+from ..evaluation.out_of_fold import Predictions, write_errors
+from ..evaluation.out_of_fold import describe as describe_errors
 from ..inference import Preproc, predict_logits
+from ..progress import say
 from ..runtime import set_seed
 from .loop import FitResult, fit
 from .stage import preproc, run_phases
@@ -95,12 +98,15 @@ def train_fold(params: dict[str, Any], run: str, train: Data, valid: Data, class
 
 
 def score_fold(params: dict[str, Any], fold: int, train: Data, valid: Data, held: Data, classes: list[str],
-               pp: Preproc, unknown: tuple[Data, Data, Data] | None = None) -> dict[str, Any]:
+               pp: Preproc, unknown: tuple[Data, Data, Data] | None = None
+               ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """One fold: trained on `train`, epochs chosen on `valid`, headline metrics on `held` (the held-out
     groups); the best epochs and the image counts. `unknown` (train, valid, held-out unknown images, targets
-    len(classes)): the fold's net is then retrained with them (`retrain_fold`), its scores under "retrained"."""
+    len(classes)): the fold's net is then retrained with them (`retrain_fold`), its scores under "retrained".
+    Also the held-out logits per model: "finetuned" (`held`'s rows), "retrained" (`held`'s, then the unknown's)."""
     net, head, tune = train_fold(params, f"fold {fold}", train, valid, classes, pp)
-    m = compute(held.targets, predict_logits(net, held.images, pp), classes)
+    logits = {"finetuned": predict_logits(net, held.images, pp)}
+    m = compute(held.targets, logits["finetuned"], classes)
     size = int(params["evaluate"]["baseline_size"])
     base = pixel_baseline((train.images, train.targets.numpy()), (held.images, held.targets.numpy()),
                           np.zeros(0), len(classes), size, params["seed"], 0)["accuracy"] if size else None
@@ -110,10 +116,10 @@ def score_fold(params: dict[str, Any], fold: int, train: Data, valid: Data, held
     if unknown is not None:
         parts = [join(known, extra) for known, extra in zip((train, valid, held), unknown)]
         k1 = retrain_fold(params, f"fold {fold}", net, parts[0], parts[1], len(classes) + 1, pp)
-        out["retrained"] = {**open_set_scores(parts[2].targets, predict_logits(k1, parts[2].images, pp),
-                                              len(classes)),
+        logits["retrained"] = predict_logits(k1, parts[2].images, pp)
+        out["retrained"] = {**open_set_scores(parts[2].targets, logits["retrained"], len(classes)),
                             "n_unknown_train": len(unknown[0].targets), "n_unknown_held_out": len(unknown[2].targets)}
-    return out
+    return out, logits
 
 
 def join(a: Data, b: Data) -> Data:
@@ -185,18 +191,32 @@ def unknown_data(split: SplitDir, classes: list[str], size: int) -> Data:
     return Data(images, torch.full((len(images),), len(classes), dtype=torch.long))
 
 
+class CrossValidation(NamedTuple):
+    metrics: dict[str, Any]  # per fold and spread (metrics/crossval.json)
+    seconds: list[float]  # per fold
+    predictions: list[Predictions]  # out of fold: "finetuned" over `data`, "retrained" over `data` then unknown
+
+
 def cross_validate(params: dict[str, Any], folds: Folds, data: Data, classes: list[str], pp: Preproc,
-                   unknown: tuple[Folds, Data] | None = None) -> tuple[dict[str, Any], list[float]]:
+                   unknown: tuple[Folds, Data] | None = None) -> CrossValidation:
     """Every fold (train, validation, held-out indices into `data`; see data.folds.nested_fold_indices):
-    (metrics, seconds per fold). `unknown` (folds into unknown images, those images): fold i's net is also
-    retrained with fold i of the unknown images (split.fold_retrain; see `score_fold`)."""
+    metrics, seconds and out-of-fold predictions. `unknown` (folds into unknown images, those images): fold
+    i's net is also retrained with fold i of the unknown images (split.fold_retrain; see `score_fold`)."""
     per_fold: dict[str, dict[str, Any]] = {}
     seconds: list[float] = []
+    preds = [Predictions.empty("finetuned", classes, data.targets.numpy())]
+    if unknown:
+        preds.append(Predictions.empty("retrained", [*classes, UNKNOWN],
+                                       torch.cat([data.targets, unknown[1].targets]).numpy()))
     for i, (tr, va, held) in enumerate(folds):
         t0 = time.perf_counter()
         extra = tuple(subset(unknown[1], part) for part in unknown[0][i]) if unknown else None
-        per_fold[f"fold{i}"] = score_fold(params, i, subset(data, tr), subset(data, va), subset(data, held),
-                                          classes, pp, extra)
+        per_fold[f"fold{i}"], logits = score_fold(params, i, subset(data, tr), subset(data, va), subset(data, held),
+                                                  classes, pp, extra)
+        preds[0].put(np.asarray(held), i, torch.softmax(logits["finetuned"].double(), 1).numpy())
+        if unknown:
+            rows = np.concatenate([np.asarray(held), len(data.targets) + np.asarray(unknown[0][i][2], dtype=np.int64)])
+            preds[1].put(rows, i, torch.softmax(logits["retrained"].double(), 1).numpy())
         seconds.append(time.perf_counter() - t0)
         f = per_fold[f"fold{i}"]
         base = f" (pixel baseline {f['baseline_accuracy']:.4f})" if "baseline_accuracy" in f else ""
@@ -212,7 +232,7 @@ def cross_validate(params: dict[str, Any], folds: Folds, data: Data, classes: li
             out[key] = spread([f[key] for f in per_fold.values()])
     if unknown:
         out["retrained"] = {key: spread([f["retrained"][key] for f in per_fold.values()]) for key in RETRAINED}
-    return out, seconds
+    return CrossValidation(out, seconds, preds)
 
 
 def describe(res: dict[str, Any]) -> str:
@@ -229,11 +249,12 @@ def describe(res: dict[str, Any]) -> str:
     return text
 
 
-def run_stage(params: dict[str, Any], split: SplitDir, out: Path, features: Path | None = None,
+def run_stage(params: dict[str, Any], split: SplitDir, out: Path, errors: Path, features: Path | None = None,
               unknown_split: SplitDir | None = None) -> dict[str, Any]:
-    """The crossval stage with folds on: data, one MLflow run, every fold, metrics/crossval.json. `features`:
-    the split's ImageNet features (tlpipe.features), each fold's plain head view when they match;
-    `unknown_split` (add_unknown_class's, with split.fold_retrain): retrain every fold too."""
+    """The crossval stage with folds on: data, one MLflow run, every fold, metrics/crossval.json and the
+    out-of-fold errors (`errors`, tlpipe.evaluation.out_of_fold), each announced in one line. `features`: the split's ImageNet features
+    (tlpipe.features), each fold's plain head view when they match; `unknown_split` (add_unknown_class's, with
+    split.fold_retrain): retrain every fold too."""
     if params["augment"]["engine"] == "v2":
         transforms.build_v2(params["augment"]["v2"])  # a bad op fails here, before any work
     folds = folds_of(params, split)  # too many: fail now
@@ -243,9 +264,15 @@ def run_stage(params: dict[str, Any], split: SplitDir, out: Path, features: Path
     with tracking.stage_run("crossval", params, params["tracking"]["experiment"]) as tracker:
         shared = feature_cache.load(features, params, split, POOL)
         unknown = (unknown_folds, unknown_data(unknown_split, classes, pp.size)) if unknown_split else None
-        values, seconds = cross_validate(params, folds, pooled(split, classes, pp.size, shared), classes, pp, unknown)
-        write_json(out, values)
-        tracker.metrics(values)
-        tracker.metrics({f"fold{i}_seconds": s for i, s in enumerate(seconds)})
+        res = cross_validate(params, folds, pooled(split, classes, pp.size, shared), classes, pp, unknown)
+        rows = pooled_rows(split)
+        models = [(p, rows if p.model == "finetuned" else rows + unknown_rows(unknown_split)) for p in res.predictions]
+        write_errors(errors, models)
+        write_json(out, res.metrics)
+        tracker.metrics(res.metrics)
+        tracker.metrics({f"fold{i}_seconds": s for i, s in enumerate(res.seconds)})
         tracker.artifact(out)
-    return values
+        tracker.artifact(errors)
+    say(f"{describe(res.metrics)} -> {out}")
+    say(f"{describe_errors(models)} -> {errors}")
+    return res.metrics
