@@ -277,3 +277,33 @@ def test_crossval_stage_with_fold_retrain_writes_the_k1_scores(tmp_path):
     acc = sum(f["accuracy"] * f["n_held_out"] for f in res["per_fold"].values()) / n_held
     assert n_wrong["finetuned"] == round((1 - acc) * n_held)
     assert f"out-of-fold errors, finetuned {n_wrong['finetuned']} of {n_held}" in proc.stdout
+
+
+def test_errors_gallery_draws_the_most_confident_errors_from_known_and_unknown_images(tmp_path, monkeypatch):
+    """Each drawn image is the one its row names (known images first, then the unknown ones), captioned with
+    its group, true and predicted class; a real PNG is written."""
+    from PIL import Image
+
+    from tlpipe.evaluation import plots
+    from tlpipe.evaluation.out_of_fold import Predictions
+    from tlpipe.training.crossval import errors_gallery
+
+    known = torch.arange(4, dtype=torch.uint8)[:, None, None, None].expand(4, 3, 8, 8) * 10  # image i: value 10 i
+    unknown = 100 + torch.arange(3, dtype=torch.uint8)[:, None, None, None].expand(3, 3, 8, 8) * 10
+    rows = [{"path": f"k{i}.png", "group": f"k{i // 2}"} for i in range(4)] + [{"path": f"u{i}.png"} for i in range(3)]
+    p = Predictions.empty("retrained", ["a", "b", "unknown"], np.array([0, 0, 1, 1, 2, 2, 2]))
+    p.put(np.arange(7), 0, np.array([[.9, .1, 0], [.2, .7, .1], [0, 1, 0], [.1, .1, .8], [.6, .2, .2],
+                                     [0, 0, 1], [0, .95, .05]]))
+    drawn = {}
+    monkeypatch.setattr(plots, "gallery_png", lambda path, images, captions, title, empty: drawn.update(
+        images=images, captions=captions, title=title))
+    errors_gallery(tmp_path / "g.png", p, rows, [known, unknown], limit=3)
+    # errors: row 6 (0.95), row 3 (0.8), row 1 (0.7), row 4 (0.6): the first three
+    assert drawn["images"][:, 0, 0, 0].tolist() == [120, 30, 10]
+    assert drawn["captions"] == ["u2.png\ntrue unknown\npred b (0.95)", "k1\ntrue b\npred unknown (0.80)",
+                                 "k0\ntrue a\npred b (0.70)"]
+    assert drawn["title"] == "retrained model, out of fold: 4 of 7 wrong, 3 shown"
+    monkeypatch.undo()
+    errors_gallery(tmp_path / "g.png", p, rows, [known, unknown], limit=3)
+    with Image.open(tmp_path / "g.png") as im:
+        assert im.format == "PNG" and im.width > 300

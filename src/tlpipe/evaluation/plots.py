@@ -120,28 +120,35 @@ def misclassified_png(path: str | Path, images: torch.Tensor, targets: torch.Ten
                       names: Sequence[str], title: str, limit: int) -> int:
     """A grid of up to `limit` misclassified images (uint8 NCHW), each titled true -> predicted (probability),
     most confident mistakes first. Returns how many images were wrong in total."""
-    plt = _pyplot()
     probs = logits.softmax(1)
     conf, pred = probs.max(1)
     wrong = torch.nonzero(pred != targets).flatten()
-    order = wrong[torch.argsort(conf[wrong], descending=True, stable=True)][:limit]
-    cols = max(1, min(6, len(order)))
-    rows = max(1, -(-len(order) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.4 * rows + 0.5), dpi=110, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    if not len(order):
-        axes[0, 0].text(0.5, 0.5, "no misclassified\ntest images", ha="center", va="center", fontsize=11)
-    for ax, i in zip(axes.flat, order.tolist()):
-        ax.imshow(images[i].permute(1, 2, 0).numpy(), interpolation="nearest")
-        ax.set_title(f"true {names[int(targets[i])]}\npred {names[int(pred[i])]} ({float(conf[i]):.2f})",
-                     fontsize=8, color="darkred")
-    fig.suptitle(f"{title}: {len(wrong)} of {len(targets)} wrong" + (f", {len(order)} shown" if len(wrong) > len(order) else ""),
-                 fontsize=10)
-    fig.tight_layout()
-    _save(fig, path)
+    order = wrong[torch.argsort(conf[wrong], descending=True, stable=True)][:limit].tolist()
+    captions = [f"true {names[int(targets[i])]}\npred {names[int(pred[i])]} ({float(conf[i]):.2f})" for i in order]
+    shown = f", {len(order)} shown" if len(wrong) > len(order) else ""
+    gallery_png(path, images[order] if order else images[:0], captions,
+                f"{title}: {len(wrong)} of {len(targets)} wrong{shown}", "no misclassified\ntest images")
     return int(len(wrong))
 
+
+def gallery_png(path: str | Path, images: torch.Tensor, captions: Sequence[str], title: str, empty: str) -> None:
+    """A grid of images (uint8 NCHW, up to 6 a row), each above its caption; `empty` written when there are none."""
+    plt = _pyplot()
+    cols = max(1, min(6, len(images)))
+    rows = max(1, -(-len(images) // cols))
+    lines = max([c.count("\n") + 1 for c in captions], default=2)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, (2.0 + 0.2 * lines) * rows + 0.5), dpi=110,
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    if not len(images):
+        axes[0, 0].text(0.5, 0.5, empty, ha="center", va="center", fontsize=11)
+    for ax, image, caption in zip(axes.flat, images, captions):
+        ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(caption, fontsize=8, color="darkred")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
 
 
 def reliability_png(path: str | Path, logits: torch.Tensor, targets: torch.Tensor, temperature: float,

@@ -18,6 +18,7 @@ AUROC of the unknown probability."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -35,6 +36,7 @@ from ..data.manifest import UNKNOWN, Row
 from ..data.splitdir import Data, SplitDir
 from ..errors import PipelineError
 from ..evaluation.baseline import pixel_baseline
+from ..evaluation import plots
 from ..evaluation.metrics import compute
 from ..evaluation.out_of_fold import Predictions, write_errors
 from ..evaluation.out_of_fold import describe as describe_errors
@@ -249,10 +251,31 @@ def describe(res: dict[str, Any]) -> str:
     return text
 
 
+def errors_gallery(path: Path, p: Predictions, rows: list[Row], images: list[torch.Tensor], limit: int) -> None:
+    """The `limit` most confident out-of-fold errors of `p` (over `rows`, whose images are `images` one after
+    the other), each captioned with its group, true and predicted class and probability: what to look at before
+    choosing a lever."""
+    wrong = p.wrong()
+    order = wrong[:limit].tolist()
+    ends = np.cumsum([len(x) for x in images])
+
+    def image(i: int) -> torch.Tensor:
+        part = int(np.searchsorted(ends, i, side="right"))
+        return images[part][i - (ends[part - 1] if part else 0)]
+
+    captions = [f"{rows[i].get('group') or rows[i]['path']}\ntrue {p.classes[p.targets[i]]}\n"
+                f"pred {p.classes[p.predicted[i]]} ({p.confidence[i]:.2f})" for i in order]
+    shown = f", {len(order)} shown" if len(wrong) > len(order) else ""
+    plots.gallery_png(path, torch.stack([image(i) for i in order]) if order else images[0][:0], captions,
+                      f"{p.model} model, out of fold: {len(wrong)} of {int((p.fold >= 0).sum())} wrong{shown}",
+                      "no out-of-fold errors")
+
+
 def run_stage(params: dict[str, Any], split: SplitDir, out: Path, errors: Path, features: Path | None = None,
               unknown_split: SplitDir | None = None) -> dict[str, Any]:
     """The crossval stage with folds on: data, one MLflow run, every fold, metrics/crossval.json and the
-    out-of-fold errors (`errors`, tlpipe.evaluation.out_of_fold), each announced in one line. `features`: the split's ImageNet features
+    out-of-fold errors (`errors`, tlpipe.evaluation.out_of_fold), each announced in one line; each model's
+    `errors_gallery` goes to the MLflow run (evaluate.gallery_images of them). `features`: the split's ImageNet features
     (tlpipe.features), each fold's plain head view when they match; `unknown_split` (add_unknown_class's, with
     split.fold_retrain): retrain every fold too."""
     if params["augment"]["engine"] == "v2":
@@ -264,7 +287,8 @@ def run_stage(params: dict[str, Any], split: SplitDir, out: Path, errors: Path, 
     with tracking.stage_run("crossval", params, params["tracking"]["experiment"]) as tracker:
         shared = feature_cache.load(features, params, split, POOL)
         unknown = (unknown_folds, unknown_data(unknown_split, classes, pp.size)) if unknown_split else None
-        res = cross_validate(params, folds, pooled(split, classes, pp.size, shared), classes, pp, unknown)
+        pooled_data = pooled(split, classes, pp.size, shared)
+        res = cross_validate(params, folds, pooled_data, classes, pp, unknown)
         rows = pooled_rows(split)
         models = [(p, rows if p.model == "finetuned" else rows + unknown_rows(unknown_split)) for p in res.predictions]
         write_errors(errors, models)
@@ -273,6 +297,12 @@ def run_stage(params: dict[str, Any], split: SplitDir, out: Path, errors: Path, 
         tracker.metrics({f"fold{i}_seconds": s for i, s in enumerate(res.seconds)})
         tracker.artifact(out)
         tracker.artifact(errors)
+        with tempfile.TemporaryDirectory() as tmp:
+            for p, p_rows in models:
+                png = Path(tmp) / f"crossval_errors_{p.model}.png"
+                images = [pooled_data.images] + ([unknown[1].images] if p.model == "retrained" and unknown else [])
+                errors_gallery(png, p, p_rows, images, int(params["evaluate"]["gallery_images"]))
+                tracker.artifact(png)
     say(f"{describe(res.metrics)} -> {out}")
     say(f"{describe_errors(models)} -> {errors}")
     return res.metrics
