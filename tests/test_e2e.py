@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import json
 import os
 import re
@@ -209,5 +211,18 @@ def test_gtsrb_tiny_over_loopback(tmp_path: Path) -> None:
     assert set(m["per_class"]) == {"priority_road", "give_way", "stop", "no_entry"}
     r = json.loads((repo / "reports/retrained/metrics.json").read_text())
     assert "unknown" in r["per_class"] and r["accuracy"] > 0.5, r
+    # every misclassified test image `accuracy` counts (not the held-out classes' unknowns) by its manifest path
+    # and track, most confident first
+    n_errors = 0
+    for name, split, result in (("finetuned", "split", m), ("retrained", "split_unknown", r)):
+        rows = {row["path"]: row for row in csv.DictReader(open(repo / f"data/{split}/test.csv"))
+                if row.get("origin") != "38"}
+        errors = list(csv.DictReader(open(repo / f"reports/{name}/errors.csv")))
+        assert len(errors) == round((1 - result["accuracy"]) * len(rows)), name
+        n_errors += len(errors)
+        for e in errors:
+            assert rows[e["path"]]["group"] == e["group"] and rows[e["path"]]["label"] == e["actual"] != e["predicted"]
+        assert [float(e["confidence"]) for e in errors] == sorted((float(e["confidence"]) for e in errors), reverse=True)
+    assert n_errors > 0  # the rows above were checked
     check_mlflow(repo, {"train_head": 20})
     assert re.findall(r"Running stage '([^']+)'", dvc("repro", cwd=repo)) == []

@@ -117,14 +117,15 @@ def write_roc_csv(path: str | Path, is_known: np.ndarray, score: np.ndarray) -> 
 
 
 def misclassified_png(path: str | Path, images: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
-                      names: Sequence[str], title: str, limit: int) -> int:
-    """A grid of up to `limit` misclassified images (uint8 NCHW), each titled true -> predicted (probability),
-    most confident mistakes first. Returns how many images were wrong in total."""
+                      names: Sequence[str], title: str, limit: int, groups: Sequence[str] | None = None) -> int:
+    """A grid of up to `limit` misclassified images (uint8 NCHW), each titled [its group,] true -> predicted
+    (probability), most confident mistakes first. Returns how many images were wrong in total."""
     probs = logits.softmax(1)
     conf, pred = probs.max(1)
     wrong = torch.nonzero(pred != targets).flatten()
     order = wrong[torch.argsort(conf[wrong], descending=True, stable=True)][:limit].tolist()
-    captions = [f"true {names[int(targets[i])]}\npred {names[int(pred[i])]} ({float(conf[i]):.2f})" for i in order]
+    captions = [("" if groups is None else f"{groups[i]}\n") +
+                f"true {names[int(targets[i])]}\npred {names[int(pred[i])]} ({float(conf[i]):.2f})" for i in order]
     shown = f", {len(order)} shown" if len(wrong) > len(order) else ""
     gallery_png(path, images[order] if order else images[:0], captions,
                 f"{title}: {len(wrong)} of {len(targets)} wrong{shown}", "no misclassified\ntest images")

@@ -8,6 +8,8 @@ predicting `unknown`. Both are scored on known-vs-unknown separation in one tabl
 
 from __future__ import annotations
 
+import csv
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ class Scored:
     target: torch.Tensor  # index in the model's classes, -1 where the label is not one of them
     kind: np.ndarray  # 'known', 'seen' (unknown class trained on) or 'unseen' (held-out class)
     group: np.ndarray  # the manifest's group (a GTSRB track): the unit the bootstrap resamples
+    path: np.ndarray  # the manifest's path (reports/<model>/errors.csv names each wrong image by it)
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,8 @@ def score_split(net: Net, split: SplitDir, name: str, model_classes: list[str], 
     kind = np.array(["known" if r["label"] != manifest.UNKNOWN else ("unseen" if r.get("origin") in holdout else "seen")
                      for r in rows])
     target = torch.tensor([index.get(r["label"], -1) for r in rows], dtype=torch.long)
-    group = np.array([r["group"] for r in rows])
-    return Scored(predict_logits(net, split.images(name, pp.size), pp), target, kind, group)
+    group, path = np.array([r["group"] for r in rows]), np.array([r["path"] for r in rows])
+    return Scored(predict_logits(net, split.images(name, pp.size), pp), target, kind, group, path)
 
 
 def open_set_report(test: Scored, valid: Scored, classes: list[str], t: float) -> dict[str, Any]:
@@ -170,6 +173,20 @@ def for_mlflow(value: Any) -> Any:
     return value
 
 
+def write_errors_csv(path: Path, paths: np.ndarray, groups: np.ndarray, target: torch.Tensor, logits: torch.Tensor,
+                     classes: list[str]) -> None:
+    """One row per misclassified closed-set image (those `accuracy` counts): path, group, actual, predicted,
+    confidence; most confident first."""
+    conf, pred = torch.softmax(logits.double(), 1).max(1)
+    wrong = torch.nonzero(pred != target).flatten()
+    order = wrong[torch.argsort(conf[wrong], descending=True, stable=True)].tolist()
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["path", "group", "actual", "predicted", "confidence"])
+        for i in order:
+            w.writerow([paths[i], groups[i], classes[int(target[i])], classes[int(pred[i])], f"{float(conf[i]):.4f}"])
+
+
 def write_outputs(out: Outputs, test: Scored, keep: np.ndarray, images: torch.Tensor, classes: list[str], t: float,
                   result: dict[str, Any], gallery: int) -> list[Path]:
     """Reports, plot data and figures of one evaluated model; returns the files to log to MLflow."""
@@ -178,19 +195,20 @@ def write_outputs(out: Outputs, test: Scored, keep: np.ndarray, images: torch.Te
         write_text(tmp / "classification_report.txt", closed.report_text(target, logits, classes))
         write_json(tmp / "classification_report.json", closed.report_dict(target, logits, classes))
         write_json(tmp / "metrics.json", result)  # every number; metrics/evaluate_<name>.json holds the headline
+        write_errors_csv(tmp / "errors.csv", test.path[keep], test.group[keep], target, logits, classes)
     plots.write_confusion_csv(out.plot("confusion", "csv"), target, logits, classes)
     plots.write_per_class_csv(out.plot("per_class", "csv"), result["per_class"])
     plots.confusion_png(out.plot("confusion", "png"), target, logits, classes,
                         f"{out.name} model, test split (n={len(target)})")
     plots.misclassified_png(out.plot("misclassified", "png"), images[torch.from_numpy(keep)], target, logits, classes,
-                            f"{out.name} model, misclassified test images", gallery)
+                            f"{out.name} model, misclassified test images", gallery, test.group[keep])
     plots.reliability_png(out.plot("reliability", "png"), logits, target, t, f"{out.name} model: reliability on test")
     primary = result["open_set"]["primary_score"]
     plots.write_roc_csv(out.plot("roc", "csv"), test.kind == "known",
                         openset.scores(test.logits, t, unknown_index(classes))[primary].numpy())
     write_json(out.metrics_file, headline(result))
     return [out.metrics_file, out.report_dir / "metrics.json", out.report_dir / "classification_report.txt",
-            out.report_dir / "classification_report.json", out.plot("confusion", "png"),
+            out.report_dir / "classification_report.json", out.report_dir / "errors.csv", out.plot("confusion", "png"),
             out.plot("reliability", "png"), out.plot("misclassified", "png")]
 
 
