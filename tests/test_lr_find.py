@@ -117,6 +117,7 @@ def test_a_flat_sweep_suggests_a_third_of_its_edge_not_its_noise() -> None:
     assert suggest(lrs, rising) == (pytest.approx(lrs[12]), pytest.approx(lrs[30] / 3), "edge/3")
     assert suggest(lrs, flat + [float("nan")]) == (pytest.approx(lrs[12]), pytest.approx(lrs[29] / 3), "edge/3")
     assert suggest(lrs[:30], flat)[1:] == (pytest.approx(lrs[29] / 3), "edge/3")  # never rose: its last rate
+    assert suggest(lrs, flat)[1:] == (pytest.approx(lrs[29] / 3), "edge/3")  # the last rate it got to, not lrs[-1]
     # a fall of over 10% of the level before the minimum is not flat: min/10 as before
     falling = [1.0] * 12 + [0.95, 0.88, 0.92, 2.0]
     assert suggest(lrs[:16], falling) == (pytest.approx(lrs[13]), pytest.approx(lrs[13] / 10), "min/10")

@@ -75,7 +75,7 @@ def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float, float, str]
     if top - low >= FLAT * top:
         return lrs[best], lrs[best] / 10.0, "min/10"
     rises = [i for i in range(first, len(smoothed)) if not smoothed[i] <= (1 + RISE) * low]  # inf, nan count
-    edge = lrs[max(rises[0] - 1, first)] if rises else lrs[-1]
+    edge = lrs[max(rises[0] - 1, first)] if rises else lrs[len(smoothed) - 1]  # never rose: its last rate
     return lrs[best], edge / 3.0, "edge/3"
 
 
