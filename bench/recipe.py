@@ -21,7 +21,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from tlpipe.data.splitdir import SplitDir  # noqa: E402
-from tlpipe.evaluation import bootstrap, robustness  # noqa: E402
+from tlpipe.evaluation import bootstrap, out_of_fold, robustness  # noqa: E402
 from tlpipe.inference import predict_logits, preproc_from_params  # noqa: E402
 from tlpipe.training import crossval  # noqa: E402
 
@@ -56,14 +56,16 @@ def score(params: dict, split: SplitDir, classes: list[str], corrupt: bool = Tru
             "confusions": {f"{a}->{b}": n for (a, b), n in wrong.items() if n}}
 
 
-def cross_validate(params: dict, split: SplitDir, classes: list[str], k: int) -> list[float]:
+def cross_validate(params: dict, split: SplitDir, classes: list[str], k: int) -> tuple[list[float], str]:
     """Accuracy of each of k nested group folds over the train + valid rows, as the crossval stage scores
-    them (test never touched)."""
+    them (test never touched), and the stage's line on their out-of-fold errors (by confusion and group)."""
     params = {**params, "split": {**params["split"], "folds": k}}
     prep = preproc_from_params(params["model"], "cpu")
     res = crossval.cross_validate(params, crossval.folds_of(params, split),
                                   crossval.pooled(split, classes, prep.size), classes, prep)
-    return [f["accuracy"] for f in res.metrics["per_fold"].values()]
+    rows = crossval.pooled_rows(split)
+    return ([f["accuracy"] for f in res.metrics["per_fold"].values()],
+            out_of_fold.describe([(p, rows) for p in res.predictions]))
 
 
 def mean_of(result: dict, corruption: str) -> float:
@@ -88,9 +90,10 @@ def main() -> None:
         params = override(base, sets)
         r = score(params, split, classes, not args.no_robustness)
         if args.folds:
-            accs = cross_validate(params, split, classes, args.folds)
+            accs, errors = cross_validate(params, split, classes, args.folds)
             r["folds"] = accs
-            print(f"{name}: {args.folds}-fold accuracy {np.mean(accs):.4f} +- {np.std(accs):.4f} {accs}", flush=True)
+            print(f"{name}: {args.folds}-fold accuracy {np.mean(accs):.4f} +- {np.std(accs):.4f} {accs}\n"
+                  f"{name}: {errors}", flush=True)
         rows.append((name, sets, r))
         cols = ("white_balance", "hue", "brightness", "contrast", "overexposure", "noise", "motion_blur")
         print(f"{name}: valid acc {r['acc']:.4f} [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}], robust mean "
