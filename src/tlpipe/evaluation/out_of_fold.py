@@ -54,7 +54,8 @@ class Predictions:
         return idx[np.argsort(-self.confidence[idx], kind="stable")]
 
 
-def _group(row: Row) -> str:
+def group_of(row: Row) -> str:
+    """A manifest row's group (a GTSRB track), or its path where it has none."""
     return row.get("group") or row["path"]
 
 
@@ -67,7 +68,7 @@ def write_errors(path: str | Path, models: list[tuple[Predictions, list[Row]]]) 
         for p, rows in models:
             for i in p.wrong():
                 r = rows[i]
-                w.writerow([p.model, int(p.fold[i]), r["path"], _group(r),
+                w.writerow([p.model, int(p.fold[i]), r["path"], group_of(r),
                             p.classes[p.targets[i]], p.classes[p.predicted[i]], f"{p.confidence[i]:.4f}"])
 
 
@@ -75,7 +76,7 @@ def confusions(p: Predictions, rows: list[Row]) -> list[tuple[str, str, int, int
     """(actual, predicted, images, groups) of every confusion among the held-out rows, most images first."""
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     for i in p.wrong():
-        groups[p.classes[p.targets[i]], p.classes[p.predicted[i]]].append(_group(rows[i]))
+        groups[p.classes[p.targets[i]], p.classes[p.predicted[i]]].append(group_of(rows[i]))
     out = [(a, b, len(g), len(set(g))) for (a, b), g in groups.items()]
     return sorted(out, key=lambda c: (-c[2], -c[3], c[0], c[1]))
 
@@ -85,7 +86,7 @@ def describe(models: list[tuple[Predictions, list[Row]]]) -> str:
     parts = []
     for p, rows in models:
         held, wrong = int((p.fold >= 0).sum()), p.wrong()
-        n_groups = len({_group(rows[i]) for i in wrong})
+        n_groups = len({group_of(rows[i]) for i in wrong})
         top = confusions(p, rows)
         named = ", ".join(f"{a}->{b} {n} ({g} group{'s' if g != 1 else ''})" for a, b, n, g in top[:SHOWN])
         more = f", {len(top) - SHOWN} more" if len(top) > SHOWN else ""

@@ -35,10 +35,10 @@ from ..data.folds import inner_folds, nested_fold_indices
 from ..data.manifest import UNKNOWN, Row
 from ..data.splitdir import Data, SplitDir
 from ..errors import PipelineError
-from ..evaluation.baseline import pixel_baseline
 from ..evaluation import plots
+from ..evaluation.baseline import pixel_baseline
 from ..evaluation.metrics import compute
-from ..evaluation.out_of_fold import Predictions, write_errors
+from ..evaluation.out_of_fold import Predictions, group_of, write_errors
 from ..evaluation.out_of_fold import describe as describe_errors
 from ..inference import Preproc, predict_logits
 from ..progress import say
@@ -217,8 +217,8 @@ def cross_validate(params: dict[str, Any], folds: Folds, data: Data, classes: li
                                                   classes, pp, extra)
         preds[0].put(np.asarray(held), i, torch.softmax(logits["finetuned"].double(), 1).numpy())
         if unknown:
-            rows = np.concatenate([np.asarray(held), len(data.targets) + np.asarray(unknown[0][i][2], dtype=np.int64)])
-            preds[1].put(rows, i, torch.softmax(logits["retrained"].double(), 1).numpy())
+            idx = np.concatenate([np.asarray(held), len(data.targets) + np.asarray(unknown[0][i][2], dtype=np.int64)])
+            preds[1].put(idx, i, torch.softmax(logits["retrained"].double(), 1).numpy())
         seconds.append(time.perf_counter() - t0)
         f = per_fold[f"fold{i}"]
         base = f" (pixel baseline {f['baseline_accuracy']:.4f})" if "baseline_accuracy" in f else ""
@@ -263,7 +263,7 @@ def errors_gallery(path: Path, p: Predictions, rows: list[Row], images: list[tor
         part = int(np.searchsorted(ends, i, side="right"))
         return images[part][i - (ends[part - 1] if part else 0)]
 
-    captions = [f"{rows[i].get('group') or rows[i]['path']}\ntrue {p.classes[p.targets[i]]}\n"
+    captions = [f"{group_of(rows[i])}\ntrue {p.classes[p.targets[i]]}\n"
                 f"pred {p.classes[p.predicted[i]]} ({p.confidence[i]:.2f})" for i in order]
     shown = f", {len(order)} shown" if len(wrong) > len(order) else ""
     plots.gallery_png(path, torch.stack([image(i) for i in order]) if order else images[0][:0], captions,
@@ -275,9 +275,9 @@ def run_stage(params: dict[str, Any], split: SplitDir, out: Path, errors: Path, 
               unknown_split: SplitDir | None = None) -> dict[str, Any]:
     """The crossval stage with folds on: data, one MLflow run, every fold, metrics/crossval.json and the
     out-of-fold errors (`errors`, tlpipe.evaluation.out_of_fold), each announced in one line; each model's
-    `errors_gallery` goes to the MLflow run (evaluate.gallery_images of them). `features`: the split's ImageNet features
-    (tlpipe.features), each fold's plain head view when they match; `unknown_split` (add_unknown_class's, with
-    split.fold_retrain): retrain every fold too."""
+    `errors_gallery` (evaluate.gallery_images of them) goes to the MLflow run. `features`: the split's ImageNet
+    features (tlpipe.features), each fold's plain head view when they match; `unknown_split` (add_unknown_class's,
+    with split.fold_retrain): retrain every fold too."""
     if params["augment"]["engine"] == "v2":
         transforms.build_v2(params["augment"]["v2"])  # a bad op fails here, before any work
     folds = folds_of(params, split)  # too many: fail now
