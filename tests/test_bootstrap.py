@@ -145,7 +145,8 @@ def scored_split(seed: int = 0) -> stage.Scored:
     logits[np.arange(60), target[:60]] += 2.5
     kind = np.array(["known"] * 60 + ["unseen"] * 20)
     group = np.repeat([f"g{i}" for i in range(16)], 5)
-    return stage.Scored(torch.tensor(logits, dtype=torch.float32), torch.tensor(target), kind, group)
+    path = np.array([f"{g}/{i}.png" for i, g in enumerate(group)])
+    return stage.Scored(torch.tensor(logits, dtype=torch.float32), torch.tensor(target), kind, group, path)
 
 
 def test_measure_writes_intervals_and_groups_per_class_and_mlflow_gets_low_high() -> None:
@@ -171,7 +172,7 @@ def test_measure_writes_intervals_and_groups_per_class_and_mlflow_gets_low_high(
 
 def test_auroc_interval_is_null_without_unknowns() -> None:
     test = scored_split(0)
-    known_only = stage.Scored(test.logits[:60], test.target[:60], test.kind[:60], test.group[:60])
+    known_only = stage.Scored(test.logits[:60], test.target[:60], test.kind[:60], test.group[:60], test.path[:60])
     result = stage.measure(known_only, scored_split(1), ["a", "b"], 1.0, seed=42, resamples=100)
     assert result["intervals"]["auroc"] is None and result["intervals"]["accuracy"] is not None
 
