@@ -70,8 +70,10 @@ def test_argparse_errors_keep_their_status(tmp_path):
 # prints the minor page faults of 4 such steps after 3 to settle. 0 when freed memory is reused
 # (tlpipe.allocator), ~82,000 with glibc's defaults, which trim the freed heap and fault it in anew.
 # Driven through libc's malloc directly: torch's own small heap objects would make the defaults' trims chance.
-FAULT_PROBE = """
-import ctypes, resource
+_FAULTS = """
+import ctypes, resource, sys
+sys.path.insert(0, {src!r})
+from tlpipe.stage import entry
 
 def fault_probe():
     libc = ctypes.CDLL(None)
@@ -92,14 +94,7 @@ def fault_probe():
     for _ in range(4):
         step()
     print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
 
-
-_FAULTS = """
-import sys
-sys.path.insert(0, {src!r})
-from tlpipe.stage import entry
-{probe}
 entry(fault_probe)
 """
 
@@ -109,7 +104,7 @@ def test_stage_process_reuses_freed_memory_unless_the_user_tunes_malloc(tmp_path
     """Blocks a stage frees are reused without fresh page faults (with glibc's defaults the freed 80 MiB are
     trimmed and each step faults them in anew, ~20,000 pages); a user's own malloc tuning is left alone."""
     script = tmp_path / "faults.py"
-    script.write_text(_FAULTS.format(src=str(SRC), probe=FAULT_PROBE), encoding="utf-8")
+    script.write_text(_FAULTS.format(src=str(SRC)), encoding="utf-8")
 
     def faults(**env: str) -> int:
         res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,

@@ -20,9 +20,9 @@ def keep_freed_memory() -> bool:
     reused from the heap instead of being unmapped and mapped afresh. With glibc's defaults (a dynamic 128 KiB-
     32 MiB mmap threshold, the heap trimmed above twice that) a process that frees and reallocates the same
     activations every step pays a page fault per 4 KiB touched: millions per stage, 10-30% of a training or
-    evaluation stage's wall time on 2 cores. The price: blocks of a few
-    MiB share the heap, whose fragments raise a stage's peak RSS by ~0.1-0.25 GB (bench/README.md 14.).
-    Skipped when the user tunes malloc through the environment (MALLOC_*_ or GLIBC_TUNABLES)."""
+    evaluation stage's wall time on 2 cores. The price: blocks of a few MiB share the heap, whose fragments
+    raise a stage's peak RSS by ~0.1-0.25 GB (bench/README.md 14.). Skipped when the user tunes malloc through
+    the environment (MALLOC_*_ or GLIBC_TUNABLES)."""
     if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ) \
             or "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return False

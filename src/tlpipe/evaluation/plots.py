@@ -116,14 +116,20 @@ def write_roc_csv(path: str | Path, is_known: np.ndarray, score: np.ndarray) -> 
             w.writerow([f"{a:.6f}", f"{b:.6f}"])
 
 
+def ranked_errors(targets: torch.Tensor, logits: torch.Tensor) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """(indices of the wrong images, most confident first; predicted class and its softmax probability per
+    image): the order of the misclassified gallery and of reports/<model>/errors.csv."""
+    conf, pred = logits.softmax(1).max(1)
+    wrong = torch.nonzero(pred != targets).flatten()
+    return wrong[torch.argsort(conf[wrong], descending=True, stable=True)].tolist(), pred, conf
+
+
 def misclassified_png(path: str | Path, images: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
                       names: Sequence[str], title: str, limit: int, groups: Sequence[str] | None = None) -> int:
     """A grid of up to `limit` misclassified images (uint8 NCHW), each titled [its group,] true -> predicted
     (probability), most confident mistakes first. Returns how many images were wrong in total."""
-    probs = logits.softmax(1)
-    conf, pred = probs.max(1)
-    wrong = torch.nonzero(pred != targets).flatten()
-    order = wrong[torch.argsort(conf[wrong], descending=True, stable=True)][:limit].tolist()
+    wrong, pred, conf = ranked_errors(targets, logits)
+    order = wrong[:limit]
     captions = [("" if groups is None else f"{groups[i]}\n") +
                 f"true {names[int(targets[i])]}\npred {names[int(pred[i])]} ({float(conf[i]):.2f})" for i in order]
     shown = f", {len(order)} shown" if len(wrong) > len(order) else ""

@@ -9,7 +9,6 @@ predicting `unknown`. Both are scored on known-vs-unknown separation in one tabl
 from __future__ import annotations
 
 import csv
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,9 +176,7 @@ def write_errors_csv(path: Path, paths: np.ndarray, groups: np.ndarray, target: 
                      classes: list[str]) -> None:
     """One row per misclassified closed-set image (those `accuracy` counts): path, group, actual, predicted,
     confidence; most confident first."""
-    conf, pred = torch.softmax(logits.double(), 1).max(1)
-    wrong = torch.nonzero(pred != target).flatten()
-    order = wrong[torch.argsort(conf[wrong], descending=True, stable=True)].tolist()
+    order, pred, conf = plots.ranked_errors(target, logits)
     with open(path, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["path", "group", "actual", "predicted", "confidence"])

@@ -289,8 +289,11 @@ def run_stage(params: dict[str, Any], split: SplitDir, out: Path, errors: Path, 
         unknown = (unknown_folds, unknown_data(unknown_split, classes, pp.size)) if unknown_split else None
         pooled_data = pooled(split, classes, pp.size, shared)
         res = cross_validate(params, folds, pooled_data, classes, pp, unknown)
-        rows = pooled_rows(split)
-        models = [(p, rows if p.model == "finetuned" else rows + unknown_rows(unknown_split)) for p in res.predictions]
+        # each model's predictions with the rows and images they index: known, then (retrained) unknown
+        sources = [(pooled_rows(split), [pooled_data.images])]
+        if unknown:
+            sources.append((sources[0][0] + unknown_rows(unknown_split), [pooled_data.images, unknown[1].images]))
+        models = [(p, rows) for p, (rows, _) in zip(res.predictions, sources)]
         write_errors(errors, models)
         write_json(out, res.metrics)
         tracker.metrics(res.metrics)
@@ -298,10 +301,9 @@ def run_stage(params: dict[str, Any], split: SplitDir, out: Path, errors: Path, 
         tracker.artifact(out)
         tracker.artifact(errors)
         with tempfile.TemporaryDirectory() as tmp:
-            for p, p_rows in models:
+            for p, (rows, images) in zip(res.predictions, sources):
                 png = Path(tmp) / f"crossval_errors_{p.model}.png"
-                images = [pooled_data.images] + ([unknown[1].images] if p.model == "retrained" and unknown else [])
-                errors_gallery(png, p, p_rows, images, int(params["evaluate"]["gallery_images"]))
+                errors_gallery(png, p, rows, images, int(params["evaluate"]["gallery_images"]))
                 tracker.artifact(png)
     say(f"{describe(res.metrics)} -> {out}")
     say(f"{describe_errors(models)} -> {errors}")
