@@ -25,11 +25,12 @@ def main() -> None:
     args = ap.parse_args()
     result = export(args.model, SplitDir(args.split, args.raw, args.cache), args.out, args.metrics, load_params())
     fp32 = result["fp32"]
-    say(f"export: {args.out}: max |Δp| {fp32['max_abs_prob_diff']:.2e}, top-1 agreement {fp32['top1_agreement']:.4f}")
+    say(f"export: max |Δp| {fp32['max_abs_prob_diff']:.2e}, top-1 agreement {fp32['top1_agreement']:.4f} "
+        f"-> {args.out}, {args.metrics}")
     if "int8" in result:
         q = result["int8"]
-        say(f"export: {q['onnx']}: accuracy {q['accuracy']:.4f} ({q['accuracy_change']:+.4f}), "
-            f"top-1 agreement {q['top1_agreement']:.4f}")
+        say(f"export: int8 accuracy {q['accuracy']:.4f} ({q['accuracy_change']:+.4f}), "
+            f"top-1 agreement {q['top1_agreement']:.4f} -> {q['onnx']}")
 
 
 if __name__ == "__main__":

@@ -80,5 +80,6 @@ def summarize(training: dict[str, Path], evaluation: dict[str, Path], params: di
     if short is not None:
         write_text(short, json.dumps(short_headline(evaluated), indent=2) + "\n")
     shown = ", ".join(f"{k} {values[k]:.4f}" for k in tracking.PIPELINE_COLUMNS if k in values)
-    say(f"summary: MLflow run {parent} ({tracking.exp_name()}): {shown}")
+    files = ", ".join(str(p) for p in (out, short) if p is not None)
+    say(f"summary: MLflow run {parent} ({tracking.exp_name()}): {shown}" + (f" -> {files}" if files else ""))
     return values
