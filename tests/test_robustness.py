@@ -56,6 +56,16 @@ def test_random_corruptions_depend_on_the_seed():
         assert not torch.equal(R.corrupt(x, name, 2, seed=1), R.corrupt(x, name, 2, seed=2)), name
 
 
+def test_warm_overexposure_warms_brightens_and_clips():
+    """Red up, blue down, all brighter: mid-grey turns orange-ish, and a white or red sign face clips to 255."""
+    grey = torch.full((1, 3, 4, 4), 100, dtype=torch.uint8)
+    r, g, b = (int(c) for c in R.corrupt(grey, "warm_overexposure", 1, seed=0)[0, :, 0, 0])
+    assert (r, g, b) == (172, 150, 128)  # 100 x (1.15, 1, 0.85) x 1.5 = (172.5, 150, 127.5), rounded half to even
+    red_sign = torch.tensor([200, 40, 40], dtype=torch.uint8).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    out = R.corrupt(red_sign, "warm_overexposure", 3, seed=0)[0, :, 0, 0].tolist()
+    assert out == [255, 100, 55]  # red clipped; blue 40 x 0.55 x 2.5: the sign washes out towards pink-white
+
+
 @pytest.mark.parametrize("severity", [0, 4, -1])
 def test_bad_severity_is_an_error(severity):
     with pytest.raises(PipelineError, match="severity"):

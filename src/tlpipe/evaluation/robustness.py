@@ -73,6 +73,15 @@ def overexposure(x: torch.Tensor, severity: int, g: torch.Generator) -> torch.Te
     return F.adjust_brightness(x, (1.5, 2.0, 2.5)[severity - 1])
 
 
+def warm_overexposure(x: torch.Tensor, severity: int, g: torch.Generator) -> torch.Tensor:
+    """A warm cast and over-exposure at once, clipped: red x1.15, x1.3, x1.45 and blue x0.85, x0.7, x0.55, then
+    brightness x1.5, x2, x2.5. Reds and whites wash out together, as in the official GTSRB test tracks that an
+    early preset's model read as stop signs (no entry -> stop; bench/README.md 16.)."""
+    a = 0.15 * severity
+    gains = torch.tensor([1 + a, 1.0, 1 - a])[: x.shape[1]].view(1, -1, 1, 1) * (1.5, 2.0, 2.5)[severity - 1]
+    return _u8(_f(x) * gains)
+
+
 def _kernel(sigma: float, side: int) -> int:
     """Odd Gaussian kernel size covering 3 sigma, small enough for reflect padding."""
     return min(2 * math.ceil(3 * sigma) + 1, 2 * ((side - 1) // 2) + 1)
@@ -137,7 +146,7 @@ def rotation(x: torch.Tensor, severity: int, g: torch.Generator) -> torch.Tensor
 CORRUPTIONS: dict[str, Corruption] = {
     "white_balance": white_balance, "hue": hue, "brightness": brightness, "contrast": contrast,
     "overexposure": overexposure, "gaussian_blur": gaussian_blur, "motion_blur": motion_blur, "noise": noise,
-    "jpeg": jpeg, "downscale": downscale, "rotation": rotation,
+    "jpeg": jpeg, "downscale": downscale, "rotation": rotation, "warm_overexposure": warm_overexposure,
 }
 assert tuple(CORRUPTIONS) == NAMES, "config.params.CORRUPTIONS names the same corruptions in the same order"
 
