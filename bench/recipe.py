@@ -95,20 +95,23 @@ def main() -> None:
             print(f"{name}: {args.folds}-fold accuracy {np.mean(accs):.4f} +- {np.std(accs):.4f} {accs}\n"
                   f"{name}: {errors}", flush=True)
         rows.append((name, sets, r))
-        cols = ("white_balance", "hue", "brightness", "contrast", "overexposure", "noise", "motion_blur")
+        cols = ("white_balance", "hue", "brightness", "contrast", "overexposure", "warm_overexposure", "noise",
+                "motion_blur")
         print(f"{name}: valid acc {r['acc']:.4f} [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}], robust mean "
               f"{r['rob']['mean']:.4f}, worst {r['rob']['worst']}, " +
               ", ".join(f"{c} {mean_of(r, c):.3f}" for c in cols) +
               f", {r['seconds']:.0f} s, wrong {r['confusions']}", flush=True)
-    print("\n| candidate | overrides | valid accuracy [95% group CI] | corrupted mean | white balance | "
-          "over-exposure | worst cell | fold accuracy mean ± sd | train s |\n|---|---|---|---:|---:|---:|---|---|---:|")
+    print("\n| candidate | overrides | valid accuracy [95% group CI] | corrupted mean | white balance | over-exposure | "
+          "warm over-exposure | worst cell | fold accuracy mean ± sd | train s |\n"
+          "|---|---|---|---:|---:|---:|---:|---|---|---:|")
     for name, sets, r in rows:
         w = r["rob"]["worst"]
         folds = f"{np.mean(r['folds']):.4f} ± {np.std(r['folds']):.4f}" if r.get("folds") else "-"
+        cells = " | ".join(f"{mean_of(r, c):.4f}" for c in ("white_balance", "overexposure", "warm_overexposure"))
         print(f"| {name} | {' '.join(sets) or '(preset)'} | {r['acc']:.4f} [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}] | "
-              + (f"{r['rob']['mean']:.4f} | {mean_of(r, 'white_balance'):.4f} | {mean_of(r, 'overexposure'):.4f} | "
-                 f"{w['corruption']} s{w['severity']} {w['accuracy']:.3f}" if r["rob"]["corruptions"] else
-                 "- | - | - | -") + f" | {folds} | {r['seconds']:.0f} |")
+              + (f"{r['rob']['mean']:.4f} | {cells} | {w['corruption']} s{w['severity']} {w['accuracy']:.3f}"
+                 if r["rob"]["corruptions"] else "- | - | - | - | -") + f" | {folds} | {r['seconds']:.0f} |")
+
 
 if __name__ == "__main__":
     main()
