@@ -106,13 +106,18 @@ def tiny():
 def test_report_structure_and_bounds(tiny, tmp_path):
     net, x, y, pp = tiny
     out = R.report(net, x, y, pp, seed=0, names=["noise", "jpeg", "rotation"])
-    assert set(out) == {"clean", "corruptions", "mean", "worst"}
-    assert list(out["corruptions"]) == ["noise", "jpeg", "rotation"]
+    assert set(out) == {"clean", "corruptions", "mean", "worst", "errors"}
+    assert list(out["corruptions"]) == ["noise", "jpeg", "rotation"] and list(out["errors"]) == list(out["corruptions"])
     for row in out["corruptions"].values():
         assert set(row) == {"1", "2", "3", "mean"} and all(0 <= v <= 1 for v in row.values())
         assert row["mean"] == pytest.approx(sum(row[s] for s in "123") / 3, abs=1e-6)
+    for name, row in out["corruptions"].items():  # each pass's confusions count exactly its wrong images
+        for s in "123":
+            counts = [int(e.rsplit(" ", 1)[1]) for e in out["errors"][name][s]]
+            assert sum(counts) == round((1 - row[s]) * len(y)) and counts == sorted(counts, reverse=True)
     w = out["worst"]
     assert out["corruptions"][w["corruption"]][str(w["severity"])] == w["accuracy"]
+    assert w["commonest_error"] == out["errors"][w["corruption"]][str(w["severity"])][0]
     assert w["accuracy"] <= out["mean"] <= 1 and 0 <= out["clean"] <= 1
     assert all(v == round(v, 6) for row in out["corruptions"].values() for v in row.values())
     assert R.report(net, x, y, pp, seed=0, names=["noise", "jpeg", "rotation"]) == out  # seeded: same numbers
@@ -120,6 +125,20 @@ def test_report_structure_and_bounds(tiny, tmp_path):
     lines = (tmp_path / "r.csv").read_text().splitlines()
     assert lines[0] == "corruption,severity,accuracy,case" and len(lines) == 1 + 9
     assert lines[1].startswith("noise,1,") and lines[1].endswith(",noise s1")
+
+
+def test_confusions_name_count_and_order():
+    targets, pred = torch.tensor([0, 0, 1, 1, 1, 2, 2]), torch.tensor([1, 1, 1, 2, 0, 2, 0])
+    assert R.confusions(targets, pred, ["stop", "no_entry", "yield"]) == \
+        ["stop->no_entry 2", "no_entry->stop 1", "no_entry->yield 1", "yield->stop 1"]
+    assert R.confusions(targets, pred)[0] == "0->1 2" and R.confusions(targets, targets) == []
+
+
+def test_report_of_no_images_is_empty_not_an_error(tiny):
+    net, _, _, pp = tiny
+    out = R.report(net, torch.zeros(0, 3, 32, 32, dtype=torch.uint8), torch.zeros(0, dtype=torch.long), pp, seed=0,
+                   names=["noise"], clean=0.0)
+    assert out["corruptions"]["noise"]["1"] == 0.0 and out["errors"]["noise"]["1"] == []
 
 
 def test_report_accuracy_is_exact(tiny):

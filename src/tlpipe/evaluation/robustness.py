@@ -8,7 +8,8 @@ sign) come from the generator only: a seed (and the batch size) fixes every corr
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections import Counter
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as nnf
@@ -171,32 +172,60 @@ def corrupt(images: torch.Tensor, name: str, severity: int, seed: int) -> torch.
     return fn(images, severity, generator(seed, name, severity))
 
 
-def accuracy(net: Net, images: torch.Tensor, targets: torch.Tensor, pp: Preproc,
-             fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
-    """Top-1 accuracy: images corrupted pp.batch at a time (the draws per batch), then scored in one pass."""
+def predictions(net: Net, images: torch.Tensor, pp: Preproc,
+                fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Top-1 class of each image: corrupted by `fn` pp.batch images at a time (the draws per batch), then scored
+    in one pass."""
     if not len(images):
-        return 0.0
+        return torch.zeros(0, dtype=torch.long)
     if fn is not None:
         images = torch.cat([fn(images[i : i + pp.batch]) for i in range(0, len(images), pp.batch)])
-    return round(int((predict_logits(net, images, pp).argmax(1) == targets).sum()) / len(images), 6)
+    return predict_logits(net, images, pp).argmax(1)
+
+
+def accuracy(net: Net, images: torch.Tensor, targets: torch.Tensor, pp: Preproc,
+             fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+    """Top-1 accuracy, rounded to 6 digits (0 for no images)."""
+    return _share(predictions(net, images, pp, fn), targets)
+
+
+def _share(pred: torch.Tensor, targets: torch.Tensor) -> float:
+    return round(int((pred == targets).sum()) / len(targets), 6) if len(targets) else 0.0
+
+
+def confusions(targets: torch.Tensor, pred: torch.Tensor, classes: Sequence[str] | None = None) -> list[str]:
+    """Every confusion as "actual->predicted count", commonest first (ties by name); classes by name, or by
+    index without `classes`."""
+    name = (lambda i: classes[i]) if classes is not None else str
+    wrong = targets != pred
+    pairs = Counter(zip(targets[wrong].tolist(), pred[wrong].tolist()))
+    named = sorted(((n, f"{name(a)}->{name(b)}") for (a, b), n in pairs.items()), key=lambda x: (-x[0], x[1]))
+    return [f"{label} {n}" for n, label in named]
 
 
 def report(net: Net, images: torch.Tensor, targets: torch.Tensor, pp: Preproc, seed: int,
-           names: list[str] | tuple[str, ...] = NAMES, clean: float | None = None) -> dict[str, Any]:
+           names: list[str] | tuple[str, ...] = NAMES, clean: float | None = None,
+           classes: Sequence[str] | None = None) -> dict[str, Any]:
     """Clean accuracy (`clean` when the caller has scored the clean images already, else one more pass),
     accuracy per corruption and severity (with each corruption's mean), the mean over every corrupted pass,
-    and the worst (corruption, severity)."""
+    the worst (corruption, severity) with its commonest confusion, and every pass's confusions ("errors", see
+    `confusions`): which mistake a light or a blur brings, e.g. no_entry->stop under warm_overexposure."""
     table: dict[str, dict[str, float]] = {}
+    errors: dict[str, dict[str, list[str]]] = {}
     for name in names:
         check(name, 1)
-        row = {}
+        row, errors[name] = {}, {}
         for s in SEVERITIES:
             g = generator(seed, name, s)
-            row[str(s)] = accuracy(net, images, targets, pp, lambda x: CORRUPTIONS[name](x, s, g))  # noqa: B023
+            pred = predictions(net, images, pp, lambda x: CORRUPTIONS[name](x, s, g))  # noqa: B023
+            row[str(s)] = _share(pred, targets)
+            errors[name][str(s)] = confusions(targets, pred, classes)
         row["mean"] = round(sum(row.values()) / len(SEVERITIES), 6)
         table[name] = row
     cells = [(row[str(s)], name, s) for name, row in table.items() for s in SEVERITIES]
     worst = min(cells, key=lambda c: c[0]) if cells else (float("nan"), "", 0)
     return {"clean": accuracy(net, images, targets, pp) if clean is None else clean, "corruptions": table,
             "mean": round(sum(c[0] for c in cells) / max(len(cells), 1), 6),
-            "worst": {"corruption": worst[1], "severity": worst[2], "accuracy": worst[0]}}
+            "worst": {"corruption": worst[1], "severity": worst[2], "accuracy": worst[0],
+                      "commonest_error": (errors[worst[1]][str(worst[2])] or [""])[0] if cells else ""},
+            "errors": errors}

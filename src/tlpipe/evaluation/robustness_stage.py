@@ -76,9 +76,9 @@ def subset(n: int, total: int, seed: int) -> torch.Tensor:
 
 
 def run(net: Net, pp: Preproc, images: torch.Tensor, targets: torch.Tensor, clean_logits: torch.Tensor, name: str,
-        params: dict[str, Any]) -> dict[str, Any]:
-    """The report of one model on its closed-set test rows (`images`, `targets`, and the logits evaluate
-    scored them with, which give the clean accuracy): corrupted passes, outputs, one MLflow run."""
+        classes: list[str], params: dict[str, Any]) -> dict[str, Any]:
+    """The report of one model on its closed-set test rows (`images`, `targets` indexing `classes`, and the
+    logits evaluate scored them with, which give the clean accuracy): corrupted passes, outputs, one MLflow run."""
     set_seed(params["seed"], params["device"])  # the same state as a fresh process, whatever ran before
     out = outputs(name)
     idx = subset(params["robustness"]["max_images"], len(targets), params["seed"])
@@ -87,7 +87,7 @@ def run(net: Net, pp: Preproc, images: torch.Tensor, targets: torch.Tensor, clea
         start = time.perf_counter()
         clean = round(float((clean_logits.argmax(1) == targets).float().mean()) if len(targets) else 0.0, 6)
         result = robustness.report(net, images, targets, pp, params["seed"], params["robustness"]["corruptions"],
-                                   clean=clean)
+                                   clean=clean, classes=classes)
         seconds = time.perf_counter() - start
         write_json(out["metrics"], {k: result[k] for k in ("clean", "mean", "worst")})
         write_json(out["report"], result)
@@ -97,6 +97,7 @@ def run(net: Net, pp: Preproc, images: torch.Tensor, targets: torch.Tensor, clea
         for f in (out["metrics"], out["report"], out["csv"], out["png"]):
             tracker.artifact(f)
     w = result["worst"]
+    commonest = f", commonest {w['commonest_error']}" if w["commonest_error"] else ""
     say(f"robustness {name}: clean {result['clean']:.4f}, corrupted mean {result['mean']:.4f}, worst "
-        f"{w['corruption']} s{w['severity']} {w['accuracy']:.4f} ({seconds:.1f} s) -> {out['metrics']}")
+        f"{w['corruption']} s{w['severity']} {w['accuracy']:.4f}{commonest} ({seconds:.1f} s) -> {out['metrics']}")
     return result

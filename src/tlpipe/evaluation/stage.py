@@ -250,5 +250,6 @@ def evaluate(model: Path, split: SplitDir, out: Outputs, params: dict[str, Any])
             tracker.artifact(f)
     say(f"{summary_line(out.name, result, t)} -> {out.metrics_file}, {out.report_dir}/, {out.plots}/")
     rows = torch.from_numpy(keep)
-    robustness_stage.run(net, pp, test_images[rows], test.target[rows], test.logits[rows], out.name, params)
+    robustness_stage.run(net, pp, test_images[rows], test.target[rows], test.logits[rows], out.name, classes,
+                         params)
     return result

@@ -130,8 +130,9 @@ def _limitations(f: dict[str, Any]) -> list[str]:
         lines.append(f"- worst class by recall: {c} ({rec[c]})")
     w = f["robustness"]["worst"]
     if w:
+        commonest = f"; commonest error {w['commonest_error']}" if w.get("commonest_error") else ""
         lines.append(f"- worst corruption: {w.get('corruption')} severity {w.get('severity')} "
-                     f"(accuracy {w.get('accuracy')} against {f['robustness']['clean']} clean)")
+                     f"(accuracy {w.get('accuracy')} against {f['robustness']['clean']} clean{commonest})")
     lines.append(f"- unseen-class unknowns rejected: {_f(f['metrics']['unknown_recall_unseen'])} of them")
     return lines
 
