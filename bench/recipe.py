@@ -101,8 +101,8 @@ def main() -> None:
               f"{r['rob']['mean']:.4f}, worst {r['rob']['worst']}, " +
               ", ".join(f"{c} {mean_of(r, c):.3f}" for c in cols) +
               f", {r['seconds']:.0f} s, wrong {r['confusions']}", flush=True)
-    print("\n| candidate | overrides | valid accuracy [95% group CI] | corrupted mean | white balance | over-exposure | "
-          "warm over-exposure | worst cell | fold accuracy mean ± sd | train s |\n"
+    print("\n| candidate | overrides | valid accuracy [95% group CI] | corrupted mean | white balance | "
+          "over-exposure | warm over-exposure | worst cell | fold accuracy mean ± sd | train s |\n"
           "|---|---|---|---:|---:|---:|---:|---|---|---:|")
     for name, sets, r in rows:
         w = r["rob"]["worst"]

@@ -91,7 +91,8 @@ def _int_list(key: str, v: Any) -> None:
 
 
 CORRUPTIONS = ("white_balance", "hue", "brightness", "contrast", "overexposure", "gaussian_blur", "motion_blur",
-               "noise", "jpeg", "downscale", "rotation", "warm_overexposure")  # evaluation.robustness.CORRUPTIONS, in its order
+               "noise", "jpeg", "downscale", "rotation",
+               "warm_overexposure")  # evaluation.robustness.CORRUPTIONS, in its order
 
 
 def _corruption_list(key: str, v: Any) -> None:
