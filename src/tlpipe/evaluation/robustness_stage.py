@@ -62,7 +62,9 @@ def figure(path: Path, result: dict[str, Any], title: str) -> None:
     ax.set_xlim(0, 1.0)
     ax.set_xlabel("accuracy")
     w = result["worst"]
-    ax.set_title(f"{title}\nworst: {w['corruption']} severity {w['severity']} ({w['accuracy']:.3f})", fontsize=10)
+    commonest = f"; commonest error {w['commonest_error']}" if w.get("commonest_error") else ""
+    ax.set_title(f"{title}\nworst: {w['corruption']} severity {w['severity']} ({w['accuracy']:.3f}{commonest})",
+                 fontsize=10)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=5, fontsize=8, frameon=False)
     fig.tight_layout()
     _save(fig, path)
