@@ -46,6 +46,11 @@ def write_csv(path: Path, result: dict[str, Any]) -> None:
                 w.writerow([name, s, f"{row[str(s)]:.6f}", f"{name} s{s}"])
 
 
+def commonest(worst: dict[str, Any], sep: str) -> str:
+    """`sep` + "commonest error <actual->predicted n>" of the worst pass, or "" when it made none."""
+    return f"{sep}commonest error {worst['commonest_error']}" if worst.get("commonest_error") else ""
+
+
 def figure(path: Path, result: dict[str, Any], title: str) -> None:
     """Grouped horizontal bars, corruption x severity accuracy, the clean and mean accuracy as lines."""
     plt = _pyplot()
@@ -62,9 +67,8 @@ def figure(path: Path, result: dict[str, Any], title: str) -> None:
     ax.set_xlim(0, 1.0)
     ax.set_xlabel("accuracy")
     w = result["worst"]
-    commonest = f"; commonest error {w['commonest_error']}" if w.get("commonest_error") else ""
-    ax.set_title(f"{title}\nworst: {w['corruption']} severity {w['severity']} ({w['accuracy']:.3f}{commonest})",
-                 fontsize=10)
+    worst = f"{w['corruption']} severity {w['severity']} ({w['accuracy']:.3f}{commonest(w, '; ')})"
+    ax.set_title(f"{title}\nworst: {worst}", fontsize=10)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=5, fontsize=8, frameon=False)
     fig.tight_layout()
     _save(fig, path)
@@ -99,7 +103,7 @@ def run(net: Net, pp: Preproc, images: torch.Tensor, targets: torch.Tensor, clea
         for f in (out["metrics"], out["report"], out["csv"], out["png"]):
             tracker.artifact(f)
     w = result["worst"]
-    commonest = f", commonest {w['commonest_error']}" if w["commonest_error"] else ""
     say(f"robustness {name}: clean {result['clean']:.4f}, corrupted mean {result['mean']:.4f}, worst "
-        f"{w['corruption']} s{w['severity']} {w['accuracy']:.4f}{commonest} ({seconds:.1f} s) -> {out['metrics']}")
+        f"{w['corruption']} s{w['severity']} {w['accuracy']:.4f}{commonest(w, ', ')} ({seconds:.1f} s) -> "
+        f"{out['metrics']}")
     return result
