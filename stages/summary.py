@@ -1,7 +1,9 @@
 """Stage summary (last, about a second plus MLflow's import): the headline metrics of every model and all params
 on the pipeline run's MLflow parent run (see tlpipe.summary), and in reports/summary.json. That file is a DVC
 cache output, absent on a fresh clone: `dvc repro` there skips the evaluate stages (their outputs are
-committed) but runs this one, so the parent run still gets both models' test metrics."""
+committed) but runs this one, so the parent run still gets both models' test metrics. metrics/summary.json is a
+plain uncached output, which keeps DVC's run-cache from skipping this stage: a repeated experiment's new parent
+run gets its metrics too."""
 
 import argparse
 from pathlib import Path
