@@ -119,10 +119,13 @@ def test_quoted_exp_show_baseline_row_is_the_committed_summary() -> None:
 
 
 def test_summary_is_the_only_dvc_metrics_file_and_readme_explains_its_keys() -> None:
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    stages = dvc_yaml["stages"]
     metrics = [next(iter(m)) if isinstance(m, dict) else m
                for st in stages.values() for m in st.get("do", st).get("metrics", [])]
-    assert metrics == ["metrics/summary.json"], metrics
+    assert metrics == [] and dvc_yaml["metrics"] == ["metrics/summary.json"], (metrics, dvc_yaml.get("metrics"))
+    # summary writes it as a plain uncached output (a stage `metrics:` entry would leave DVC's run-cache on)
+    assert {"metrics/summary.json": {"cache": False}} in stages["summary"]["outs"], stages["summary"]["outs"]
     readme = _readme()
     missing = [k for k in _summary() if f"`{k}`" not in readme]
     assert not missing, f"README does not explain metrics/summary.json keys {missing}"

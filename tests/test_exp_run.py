@@ -1,10 +1,12 @@
 """`dvc exp run -S train.lr=0.0005` on the tiny GTSRB fixture served over loopback: the one shared `train`
-section reruns every training stage (and what their models feed), nothing before them."""
+section reruns every training stage (and what their models feed), nothing before them; the same experiment run
+again is a new MLflow parent run with its metrics."""
 
 from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,17 @@ GTSRB = {"data.dataset": "gtsrb", "data.sha256": TINY_SHA,
          "unknown.holdout_test_images": 30}
 TRAINING = {"train_head", "finetune", "retrain", "evaluate@finetuned", "evaluate@retrained"}
 BEFORE_TRAINING = {"download", "split", "decode@split", "decode@split_unknown", "add_unknown_class"}
+
+
+def _parent_metrics(repo: Path, exp: str) -> set[str]:
+    """The metric keys of the MLflow parent run of DVC experiment `exp` (tagged dvc_exp_name, no stage tag)."""
+    db = sqlite3.connect(repo / "mlflow.db")
+    try:
+        [(run,)] = db.execute("select run_uuid from tags where key='dvc_exp_name' and value=? and run_uuid not in "
+                              "(select run_uuid from tags where key='stage')", (exp,)).fetchall()
+        return {k for (k,) in db.execute("select key from latest_metrics where run_uuid=?", (run,))}
+    finally:
+        db.close()
 
 
 def test_train_lr_reruns_every_training_stage_and_nothing_before(tmp_path: Path) -> None:
@@ -47,3 +60,17 @@ def test_train_lr_reruns_every_training_stage_and_nothing_before(tmp_path: Path)
     shown = dvc("params", "diff", "--json", cwd=repo)
     lr = json.loads(shown)["params.yaml"]["train.lr"]
     assert (lr["old"], lr["new"]) == (0.001, 0.0005), shown
+
+    # the same experiment again, the workspace restored first: a new DVC experiment, so a new MLflow parent run,
+    # and summary runs again to log its metrics there (DVC's run-cache would restore summary's outputs instead,
+    # "Stage 'summary' is cached", and leave that parent run empty)
+    sh(["git", "checkout", "--", "."], repo)
+    dvc("checkout", cwd=repo)
+    again = dvc("exp", "run", "-S", "train.lr=0.0005", cwd=repo)
+    assert "Running stage 'summary'" in again and "Stage 'summary' is cached" not in again, again
+    names = re.findall(r"Ran experiment\(s\): (\S+)", exp) + re.findall(r"Ran experiment\(s\): (\S+)", again)
+    assert len(set(names)) == 2, names
+    for name in names:
+        headline = _parent_metrics(repo, name)
+        assert {"finetuned.test_accuracy", "retrained.test_accuracy", "head.best_val_acc"} <= headline, (name, headline)
+
