@@ -140,6 +140,8 @@ def test_section_must_be_mapping(p):
         (("finetune", "optimizer"), "rmsprop", "finetune.optimizer must be one of adam, adamw, sgd"),
         (("model", "weights"), "imagenet21k", "model.weights must be one of"),
         (("device",), "tpu", "device must be one of"),
+        (("train", "keep"), "val_f1", "train.keep must be one of val_acc, val_loss"),
+        (("retrain", "finetune", "keep"), "loss", "retrain.finetune.keep must be one of val_acc, val_loss"),
     ],
 )
 def test_bad_values_name_the_key(p, path, value, fragment):

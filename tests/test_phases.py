@@ -15,7 +15,8 @@ from tlpipe.config.phases import PHASES, Phase, phase_settings
 
 COMMON = {"optimizer": "adam", "weight_decay": 0.0001, "momentum": 0.9, "label_smoothing": 0.1, "gamma": 0.5,
           "nesterov": False, "milestones": [], "warmup_epochs": 0, "plateau_patience": 2, "mixup_alpha": 0.0,
-          "cutmix_alpha": 0.0, "early_stopping": 0, "grad_clip": 0.0}
+          "cutmix_alpha": 0.0, "early_stopping": 0, "grad_clip": 0.0,
+          "keep": "val_acc"}  # keep: added since, its default the rule of before
 HEAD = {**COMMON, "batch_size": 64, "lr": 0.001, "scheduler": "step", "step_size": 10}
 TUNE = {**COMMON, "batch_size": 32, "lr": 0.0001, "scheduler": "cosine", "step_size": 2, "unfreeze_blocks": 2,
         "prefix_views": 2, "bn_train": False, "backbone_lr_mult": 1.0}

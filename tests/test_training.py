@@ -14,7 +14,7 @@ from tlpipe.config.phases import Phase
 from tlpipe.data.splitdir import Data
 from tlpipe.inference import Preproc, predict_logits, run_groups
 from tlpipe.runtime import set_seed
-from tlpipe.training.loop import fit
+from tlpipe.training.loop import FitResult, better, fit
 
 SIZE = 32
 AUG = {"crop_scale_min": 0.8, "rotation": 5, "hflip": 0.0, "color_jitter": 0.1}
@@ -145,6 +145,31 @@ def test_no_epoch_better_than_start_keeps_starting_weights(data):
     assert all(h["val_acc"] <= res.initial["val_acc"] for h in res.history)
     assert res.best_epoch == 0 and res.best_val_acc == res.initial["val_acc"]
     assert all(torch.equal(v, start[k]) for k, v in res.best_state.items())
+
+
+def test_keep_rules_differ_where_accuracy_and_loss_disagree():
+    best = FitResult(best_val_acc=0.994, best_val_loss=0.437)  # a head epoch: 2 images more right on validation
+    finetuned = (0.992, 0.410)  # a fine-tuned epoch: 2 images fewer right, far lower loss
+    assert not better(*finetuned, best) and not better(*finetuned, best, "val_acc")
+    assert better(*finetuned, best, "val_loss")
+    assert better(0.994, 0.436, best) and better(0.994, 0.436, best, "val_loss")  # equal accuracy: the loss decides
+    assert not better(0.996, 0.438, best, "val_loss") and better(0.996, 0.438, best)
+
+
+def test_fit_keeps_by_the_phase_keep_rule(data, monkeypatch):
+    from tlpipe.training import loop
+
+    seen = []
+    def spy(acc: float, loss: float, than: FitResult, by: str = "val_acc") -> bool:
+        seen.append(by)
+        return better(acc, loss, than, by)
+
+    monkeypatch.setattr(loop, "better", spy)
+    train, valid = data
+    res = fit(fresh_net(), train, valid, phase(epochs=2, keep="val_loss"), preproc("resnet18"), AUG)
+    assert seen == ["val_loss", "val_loss"]
+    history = [res.initial] + res.history
+    assert res.best_epoch == min(range(3), key=lambda e: history[e]["val_loss"])  # the lowest, first on a tie
 
 
 # ------------------------------------------------------------------ partial mode

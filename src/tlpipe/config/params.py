@@ -122,6 +122,7 @@ SHARED: dict[str, Any] = {  # the `train` section's phase settings; a phase sect
     "cutmix_alpha": Field(NUM, _non_negative),
     "early_stopping": Field((int,), _non_negative),
     "grad_clip": Field(NUM, _non_negative),
+    "keep": Field((str,), _one_of("val_acc", "val_loss")),
 }
 OVERRIDES = {k: replace(f, required=False) for k, f in SHARED.items()}
 OWN = {"epochs": Field((int,), _positive), "lr_scale": Field(NUM, _positive, required=False)}

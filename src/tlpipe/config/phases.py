@@ -40,6 +40,7 @@ class Phase:
     cutmix_alpha: float = 0.0
     early_stopping: int = 0
     grad_clip: float = 0.0
+    keep: str = "val_acc"
 
     @classmethod
     def from_params(cls, params: dict[str, Any], name: str) -> "Phase":

@@ -72,8 +72,15 @@ class FitResult:
     initial: dict[str, float] = field(default_factory=dict)
 
 
-def better(acc: float, loss: float, than: FitResult) -> bool:
-    """The keep rule everywhere: higher validation accuracy, ties broken by lower validation loss."""
+KEEP_RULES = ("val_acc", "val_loss")  # train.keep: which epoch a phase keeps
+
+
+def better(acc: float, loss: float, than: FitResult, by: str = "val_acc") -> bool:
+    """The keep rule everywhere (train.keep): `val_acc`, higher validation accuracy with ties broken by lower
+    validation loss; `val_loss`, lower validation loss (a change of an image or two in a small validation split
+    does not decide it)."""
+    if by == "val_loss":
+        return loss < than.best_val_loss
     return acc > than.best_val_acc or (acc == than.best_val_acc and loss < than.best_val_loss)
 
 
@@ -323,7 +330,7 @@ class _Loop:
         """Record the epoch; keep the state if it is better than the best so far."""
         res = self.res
         res.history.append(rec)
-        if better(rec["val_acc"], rec["val_loss"], res):
+        if better(rec["val_acc"], rec["val_loss"], res, self.mode.phase.keep):
             res.best_epoch, res.best_val_acc, res.best_val_loss = int(rec["epoch"]), rec["val_acc"], rec["val_loss"]
             res.best_state = copy.deepcopy(self.mode.keep.state_dict())
 

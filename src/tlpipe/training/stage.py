@@ -85,7 +85,7 @@ def run_phases(net: models.Net, phases: list[tuple[str, Phase]], train: Data, va
         if tracker is not None:
             tracker.metrics({f"{name}_seconds": time.perf_counter() - t0})
         best_epoch = res.best_epoch + offset if res.best_epoch else best.best_epoch
-        if not best.best_state or better(res.best_val_acc, res.best_val_loss, best):
+        if not best.best_state or better(res.best_val_acc, res.best_val_loss, best, phase.keep):
             best = FitResult(best_epoch=best_epoch, best_val_acc=res.best_val_acc,
                              best_val_loss=res.best_val_loss, best_state=res.best_state)
         best.last_state = res.last_state
