@@ -166,8 +166,10 @@ def test_measure_writes_intervals_and_groups_per_class_and_mlflow_gets_low_high(
     assert logged["test_intervals.recall.b.high"] == iv["recall"]["b"][1]
     line = stage.summary_line("m", result | {"baseline": {"accuracy": 0.5, "accuracy_interval": [0.4, 0.6]}}, 1.0)
     lo, hi = iv["accuracy"]
-    assert f"test accuracy {result['accuracy']:.4f} [{lo:.2f}, {hi:.2f}]" in line
-    assert "pixel baseline 0.5000 [0.40, 0.60]" in line
+    assert f"test accuracy {result['accuracy']:.4f} [{lo:.4f}, {hi:.4f}]" in line
+    assert "pixel baseline 0.5000 [0.4000, 0.6000]" in line
+    near_one = stage.summary_line("m", result | {"accuracy": 0.999187, "intervals": {"accuracy": [0.995479, 1.0]}}, 1.0)
+    assert "test accuracy 0.9992 [0.9955, 1.0000]" in near_one  # not "[1.00, 1.00]"
 
 
 def test_auroc_interval_is_null_without_unknowns() -> None:
