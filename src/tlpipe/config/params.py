@@ -11,7 +11,7 @@ from typing import Any, Callable
 import yaml
 
 from ..errors import PipelineError
-from .phases import PHASES, phase_settings
+from .phases import KEEP_RULES, PHASES, phase_settings
 
 Check = Callable[[str, Any], None]
 
@@ -122,7 +122,7 @@ SHARED: dict[str, Any] = {  # the `train` section's phase settings; a phase sect
     "cutmix_alpha": Field(NUM, _non_negative),
     "early_stopping": Field((int,), _non_negative),
     "grad_clip": Field(NUM, _non_negative),
-    "keep": Field((str,), _one_of("val_acc", "val_loss")),
+    "keep": Field((str,), _one_of(*KEEP_RULES)),
 }
 OVERRIDES = {k: replace(f, required=False) for k, f in SHARED.items()}
 OWN = {"epochs": Field((int,), _positive), "lr_scale": Field(NUM, _positive, required=False)}

@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 PHASES = ("train_head", "finetune", "retrain.head", "retrain.finetune")  # the params sections of the phases
+KEEP_RULES = ("val_acc", "val_loss")  # train.keep: the epoch a phase keeps (training.loop.better)
 
 
 @dataclass(frozen=True)

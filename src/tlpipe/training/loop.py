@@ -72,9 +72,6 @@ class FitResult:
     initial: dict[str, float] = field(default_factory=dict)
 
 
-KEEP_RULES = ("val_acc", "val_loss")  # train.keep: which epoch a phase keeps
-
-
 def better(acc: float, loss: float, than: FitResult, by: str = "val_acc") -> bool:
     """The keep rule everywhere (train.keep): `val_acc`, higher validation accuracy with ties broken by lower
     validation loss; `val_loss`, lower validation loss (a change of an image or two in a small validation split
