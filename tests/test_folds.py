@@ -277,6 +277,15 @@ def test_crossval_stage_with_fold_retrain_writes_the_k1_scores(tmp_path):
     acc = sum(f["accuracy"] * f["n_held_out"] for f in res["per_fold"].values()) / n_held
     assert n_wrong["finetuned"] == round((1 - acc) * n_held)
     assert f"out-of-fold errors, finetuned {n_wrong['finetuned']} of {n_held}" in proc.stdout
+    # every held-out image pooled: the same errors, an interval around the share, all train + valid groups
+    oof = res["out_of_fold"]
+    assert oof["finetuned"]["accuracy"] == round(1 - n_wrong["finetuned"] / n_held, 6)
+    assert oof["finetuned"]["accuracy_lo"] <= oof["finetuned"]["accuracy"] <= oof["finetuned"]["accuracy_hi"]
+    assert oof["finetuned"]["accuracy_groups"] == len({r["group"] for r in known.values()})
+    k1 = oof["retrained"]
+    assert k1["known_right_images"] == n_held and k1["unknown_recall_images"] == len(unknown)
+    assert k1["unknown_recall_lo"] <= k1["unknown_recall"] <= k1["unknown_recall_hi"]
+    assert "crossval: every held-out image, 95% group-bootstrap intervals: finetuned accuracy" in proc.stdout
 
 
 def test_errors_gallery_draws_the_most_confident_errors_from_known_and_unknown_images(tmp_path, monkeypatch):

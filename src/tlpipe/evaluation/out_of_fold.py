@@ -3,8 +3,11 @@
 Pooled over the folds they cover every group (track) of train + valid, not one test split's few: a mistake
 that recurs in many images of a few groups (a sign under a lighting the training groups lack) shows here
 before it shows on new data. `write_errors` lists each wrong image, most confident first (reports/
-crossval_errors.csv); `describe` counts them by (actual, predicted) with the groups they come from. NumPy
-only: the crossval stage writes the header-only file without importing torch when folds are off."""
+crossval_errors.csv); `describe` counts them by (actual, predicted) with the groups they come from;
+`pooled` scores every held-out image at once with a group-bootstrap interval over all the groups: the share
+of new tracks' images a model of this recipe gets right, and how sure that is (a fold's mean ± std says how
+much the folds differ, not that). NumPy and SciPy only: the crossval stage writes the header-only file
+without importing torch when folds are off."""
 
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_path
-from ..data.manifest import Row
+from ..data.manifest import UNKNOWN, Row
+from . import bootstrap
 
 HEADER = ("model", "fold", "path", "group", "actual", "predicted", "confidence")
 SHOWN = 4  # confusions named per model in `describe` (the CSV has them all)
@@ -79,6 +83,41 @@ def confusions(p: Predictions, rows: list[Row]) -> list[tuple[str, str, int, int
         groups[p.classes[p.targets[i]], p.classes[p.predicted[i]]].append(group_of(rows[i]))
     out = [(a, b, len(g), len(set(g))) for (a, b), g in groups.items()]
     return sorted(out, key=lambda c: (-c[2], -c[3], c[0], c[1]))
+
+
+def pooled(p: Predictions, rows: list[Row], resamples: int, seed: int) -> dict[str, float | int | None]:
+    """Every held-out row of `p` scored at once, with 95% group-bootstrap intervals (`resamples` seeded
+    resamples of the groups, the binomial floor of evaluate's; 0: no interval) and the images and groups they
+    rest on. A model without an `unknown` class: its accuracy. With one (the last class): the known images
+    classified right (`known_right`) and the unknown images called unknown (`unknown_recall`), each over its
+    own images and groups."""
+    held = p.fold >= 0
+    right = p.predicted == p.targets
+    groups = np.array([group_of(r) for r in rows])
+    parts = {"accuracy": held}
+    if p.classes[-1] == UNKNOWN:
+        is_unknown = p.targets == len(p.classes) - 1
+        parts = {"known_right": held & ~is_unknown, "unknown_recall": held & is_unknown}
+    out: dict[str, float | int | None] = {}
+    for name, mask in parts.items():
+        interval = bootstrap.accuracy_interval(groups[mask], right[mask], resamples, seed) \
+            if resamples and mask.any() else None
+        out[name] = round(float(right[mask].mean()), 6) if mask.any() else None
+        out[f"{name}_lo"], out[f"{name}_hi"] = (round(v, 6) for v in interval) if interval else (None, None)
+        out[f"{name}_images"], out[f"{name}_groups"] = int(mask.sum()), len(set(groups[mask]))
+    return out
+
+
+def describe_pooled(scores: dict[str, dict[str, float | int | None]]) -> str:
+    """One line: per model its pooled out-of-fold shares with their intervals and groups."""
+    def one(s: dict[str, float | int | None], name: str) -> str:
+        lo, hi = s[f"{name}_lo"], s[f"{name}_hi"]
+        interval = f" [{lo:.4f}, {hi:.4f}]" if lo is not None and hi is not None else ""
+        return (f"{name.replace('_', ' ')} {s[name]:.4f}{interval} ({s[f'{name}_images']:,} images, "
+                f"{s[f'{name}_groups']} groups)")
+    parts = [f"{model} " + ", ".join(one(s, n) for n in ("accuracy", "known_right", "unknown_recall") if n in s)
+             for model, s in scores.items()]
+    return "crossval: every held-out image, 95% group-bootstrap intervals: " + "; ".join(parts)
 
 
 def describe(models: list[tuple[Predictions, list[Row]]]) -> str:

@@ -7,7 +7,8 @@ stage (seeded again, from the head's best state), each keeping its best epoch on
 held-out groups, which chose nothing, are then scored with evaluation.metrics.compute, beside the pixel
 baseline (evaluate.baseline_size > 0: logistic regression on the fold's raw downscaled pixels, as evaluate
 reports it). Per fold and mean/std/min/max of accuracy, macro-F1, loss and the baseline's accuracy: a
-comparison over every train + valid image instead of one small test split.
+comparison over every train + valid image instead of one small test split. Every held-out image pooled
+(`out_of_fold`): each model's share right with a 95% group-bootstrap interval over all train + valid groups.
 
 With split.fold_retrain the K+1 model is cross-validated too: the unknown images of add_unknown_class's train
 + valid (other sign classes) get nested group folds of their own, fold i joins fold i of the known images, and
@@ -38,8 +39,9 @@ from ..errors import PipelineError
 from ..evaluation import plots
 from ..evaluation.baseline import pixel_baseline
 from ..evaluation.metrics import compute
-from ..evaluation.out_of_fold import Predictions, group_of, write_errors
+from ..evaluation.out_of_fold import Predictions, describe_pooled, group_of, write_errors
 from ..evaluation.out_of_fold import describe as describe_errors
+from ..evaluation.out_of_fold import pooled as pooled_scores
 from ..inference import Preproc, predict_logits
 from ..progress import say
 from ..runtime import set_seed
@@ -295,6 +297,8 @@ def run_stage(params: dict[str, Any], split: SplitDir, out: Path, errors: Path, 
             sources.append((sources[0][0] + unknown_rows(unknown_split), [pooled_data.images, unknown[1].images]))
         models = [(p, rows) for p, (rows, _) in zip(res.predictions, sources)]
         write_errors(errors, models)
+        res.metrics["out_of_fold"] = {p.model: pooled_scores(p, rows, int(params["evaluate"]["bootstrap"]),
+                                                             params["seed"]) for p, rows in models}
         write_json(out, res.metrics)
         tracker.metrics(res.metrics)
         tracker.metrics({f"fold{i}_seconds": s for i, s in enumerate(res.seconds)})
@@ -306,5 +310,6 @@ def run_stage(params: dict[str, Any], split: SplitDir, out: Path, errors: Path, 
                 errors_gallery(png, p, rows, images, int(params["evaluate"]["gallery_images"]))
                 tracker.artifact(png)
     say(f"{describe(res.metrics)} -> {out}")
+    say(describe_pooled(res.metrics["out_of_fold"]))
     say(f"{describe_errors(models)} -> {errors}")
     return res.metrics
