@@ -36,6 +36,8 @@ def imported(path: Path) -> set[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names |= {a.name for a in node.names if a.name.split(".")[0] == "tlpipe"}
+            if any(a.name == "_path" for a in node.names) and (path.parent / "_path.py").is_file():
+                names |= imported(path.parent / "_path.py")  # a stage's bootstrap (stages/_path.py)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = pkg.split(".")

@@ -140,6 +140,7 @@ def test_section_must_be_mapping(p):
         (("finetune", "optimizer"), "rmsprop", "finetune.optimizer must be one of adam, adamw, sgd"),
         (("model", "weights"), "imagenet21k", "model.weights must be one of"),
         (("device",), "tpu", "device must be one of"),
+        (("cpu_isa",), "avx512f", "cpu_isa must be one of avx2, avx512, default"),
         (("train", "keep"), "val_f1", "train.keep must be one of val_acc, val_loss"),
         (("retrain", "finetune", "keep"), "loss", "retrain.finetune.keep must be one of val_acc, val_loss"),
     ],

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tlpipe import tracking
@@ -91,6 +92,7 @@ def test_finished_run_records_params_tags_and_epochs(store, tmp_path):
     assert "data.known_classes" in p
     assert run.data.tags["stage"] == "train_head"
     assert len(run.data.tags["git_commit"]) in (0, 40)
+    assert run.data.tags["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()  # what cpu_isa pinned
     history = client.get_metric_history(run.info.run_id, "val_acc")
     assert len(history) == 3
     assert [(m.step, round(m.value, 6)) for m in sorted(history, key=lambda m: m.step)] == [(1, 0.3), (2, 0.6),

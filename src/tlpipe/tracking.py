@@ -9,6 +9,7 @@ import re
 import socket
 import sqlite3
 import subprocess
+import sys
 from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
@@ -322,9 +323,12 @@ def _start_run(mlflow: Any, stage: str, params: dict[str, Any], experiment: str,
 
 
 def _log_run_info(mlflow: Any, stage: str, params: dict[str, Any], commit: str, tracker: Tracker) -> None:
-    """Tags (stage, git commit, DVC experiment, pid and host) and every param, flattened."""
+    """Tags (stage, git commit, DVC experiment, pid, host and, where torch is loaded, the CPU kernels it runs:
+    cpu_isa's effect) and every param, flattened."""
     tags = {"stage": stage, "git_commit": commit, "dvc_exp_name": exp_name(),
             PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    if (torch := sys.modules.get("torch")) is not None:  # never imported here: a stage without torch skips it
+        tags["cpu_kernels"] = torch.backends.cpu.get_cpu_capability()
     items = param_items(params)
     with tracker.guard():
         mlflow.set_tags(tags)

@@ -133,6 +133,7 @@ TUNE_PHASE = {**OWN, "unfreeze_blocks": Field((int,), _non_negative), "prefix_vi
 SCHEMA: dict[str, Any] = {
     "seed": Field((int,), _non_negative),
     "device": Field((str,), _one_of("auto", "cpu", "cuda")),
+    "cpu_isa": Field((str,), _one_of("avx2", "avx512", "default", "")),
     "data": {
         "dataset": Field((str,), _one_of("digits", "gtsrb", "cifar10", "filelist", "imagefolder")),
         "url": Field((str,)),

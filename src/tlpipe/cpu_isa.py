@@ -1,0 +1,57 @@
+"""Pin PyTorch's CPU kernels to one instruction set (params.yaml `cpu_isa`), before torch loads.
+
+PyTorch picks its CPU kernels (ATen's vectorised ops, oneDNN's convolutions) by the instruction set the CPU
+has, and kernels of another width sum floats in another order: from the same params, an AVX-512 CPU trains
+another model than an AVX2-only one. ATen's and oneDNN's own switches (ATEN_CPU_CAPABILITY,
+ONEDNN_MAX_CPU_ISA) fix the choice, but only when set before torch loads, so every stage calls `pin` from
+stages/_path.py, its first import. With `avx2` both kinds of CPU write byte-identical outputs (bench/README.md
+19.). params.yaml wins over those variables. A CPU without the instruction set keeps its own best kernels (a
+forced AVX2 kernel would crash it) and the stage says so. This module must not import torch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import MutableMapping
+
+import yaml
+
+# cpu_isa -> (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, the CPU features it needs, as NumPy names them)
+CPU_ISAS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "avx2": ("avx2", "AVX2", ("AVX2", "FMA3")),
+    "avx512": ("avx512", "AVX512_CORE", ("AVX512F", "AVX512BW", "AVX512VL", "AVX512DQ", "FMA3")),
+    "default": ("default", "SSE41", ()),
+}
+
+
+def cpu_features() -> dict[str, bool]:
+    """This CPU's features by NumPy's runtime detection ({"AVX2": True, ...}; no x86 names on other CPUs)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # NumPy 1.x
+        from numpy.core._multiarray_umath import __cpu_features__
+    return dict(__cpu_features__)
+
+
+def pin(isa: object, environ: MutableMapping[str, str] = os.environ,
+        features: dict[str, bool] | None = None) -> str:
+    """Set the kernel switches in `environ` for `isa` (a key of CPU_ISAS) when the CPU has it; leave them for
+    "" or a bad value (the params check names it). Returns what the stage should tell the user, or ""."""
+    if isa not in CPU_ISAS:
+        return ""
+    aten, onednn, needs = CPU_ISAS[isa]
+    have = cpu_features() if features is None else features
+    if not all(have.get(f, False) for f in needs):
+        return (f"note: cpu_isa {isa}: this CPU lacks {'/'.join(needs)}; PyTorch runs its own best kernels, "
+                "so outputs may differ from a pinned run's")
+    environ["ATEN_CPU_CAPABILITY"], environ["ONEDNN_MAX_CPU_ISA"] = aten, onednn
+    return ""
+
+
+def from_params(path: str | Path = "params.yaml") -> object:
+    """params.yaml's `cpu_isa`; None when the file is missing or unreadable (the stage's params check says why)."""
+    try:
+        params = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return params.get("cpu_isa") if isinstance(params, dict) else None
