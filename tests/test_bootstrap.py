@@ -209,3 +209,9 @@ def test_errors_clustered_in_one_track_keep_the_wider_bootstrap_interval() -> No
     binom = bootstrap.clopper_pearson(585, 600)
     assert boot[0] < binom[0]  # the tracks widen it below what 600 independent images would say
     assert iv["accuracy"] == (boot[0], max(boot[1], binom[1]))
+
+
+def test_bracket_prints_an_interval_at_the_figures_four_decimals():
+    assert bootstrap.bracket([0.99552, 1.0]) == " [0.9955, 1.0000]"  # not " [1.00, 1.00]"
+    assert bootstrap.bracket((0.5, 0.75)) == " [0.5000, 0.7500]"
+    assert bootstrap.bracket(None) == "" and bootstrap.bracket([]) == ""

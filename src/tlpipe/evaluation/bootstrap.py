@@ -190,6 +190,12 @@ def closed_set_intervals(target: np.ndarray, pred: np.ndarray, groups: np.ndarra
                                            int((target == c).sum()), level) for c in range(n_classes)]}
 
 
+def bracket(interval: Sequence[float] | None) -> str:
+    """' [low, high]' of an interval to the 4 decimals of the figure before it ('' without one): at 2 decimals
+    0.9992 [0.9955, 1.0] read "0.9992 [1.00, 1.00]"."""
+    return f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""
+
+
 def groups_per_class(labels: Sequence[str] | np.ndarray, groups: Sequence[str] | np.ndarray) -> dict[str, int]:
     """Distinct groups of each label: the number of independent draws an interval really rests on."""
     labels, groups = np.asarray(labels), np.asarray(groups)

@@ -112,7 +112,7 @@ def describe_pooled(scores: dict[str, dict[str, float | int | None]]) -> str:
     """One line: per model its pooled out-of-fold shares with their intervals and groups."""
     def one(s: dict[str, float | int | None], name: str) -> str:
         lo, hi = s[f"{name}_lo"], s[f"{name}_hi"]
-        interval = f" [{lo:.4f}, {hi:.4f}]" if lo is not None and hi is not None else ""
+        interval = bootstrap.bracket(None if lo is None or hi is None else (float(lo), float(hi)))
         return (f"{name.replace('_', ' ')} {s[name]:.4f}{interval} ({s[f'{name}_images']:,} images, "
                 f"{s[f'{name}_groups']} groups)")
     parts = [f"{model} " + ", ".join(one(s, n) for n in ("accuracy", "known_right", "unknown_recall") if n in s)

@@ -213,18 +213,12 @@ def summary_line(name: str, result: dict[str, Any], t: float) -> str:
     """The line the stage prints."""
     cal, os_ = result["calibration"], result["open_set"]
     primary = os_["primary_score"]
-    base = result.get("baseline")
+    base, bracket = result.get("baseline"), bootstrap.bracket
     return (f"evaluate {name}: test accuracy {result['accuracy']:.4f}"
-            f"{_bracket((result.get('intervals') or {}).get('accuracy'))}, macro-F1 {result['macro_f1']:.4f}, "
+            f"{bracket((result.get('intervals') or {}).get('accuracy'))}, macro-F1 {result['macro_f1']:.4f}, "
             f"ECE {cal['ece']:.4f} -> {cal['ece_scaled']:.4f} (T={t:.2f}), {primary} AUROC "
             f"{os_['scores'][primary]['auroc']}, unseen-unknown recall {(os_.get('unseen') or {}).get('unknown_recall')}"
-            + (f", pixel baseline {base['accuracy']:.4f}{_bracket(base['accuracy_interval'])}" if base else ""))
-
-
-def _bracket(interval: list[float] | None) -> str:
-    """' [low, high]' of an interval to the 4 decimals of the figure before it ('' without one): at 2 decimals
-    0.9992 [0.9955, 1.0] read "0.9992 [1.00, 1.00]"."""
-    return f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""
+            + (f", pixel baseline {base['accuracy']:.4f}{bracket(base['accuracy_interval'])}" if base else ""))
 
 
 def evaluate(model: Path, split: SplitDir, out: Outputs, params: dict[str, Any]) -> dict[str, Any]:
