@@ -4,8 +4,10 @@ PyTorch picks its CPU kernels (ATen's vectorised ops, oneDNN's convolutions) by 
 has, and kernels of another width sum floats in another order: from the same params, an AVX-512 CPU trains
 another model than an AVX2-only one. ATen's and oneDNN's own switches (ATEN_CPU_CAPABILITY,
 ONEDNN_MAX_CPU_ISA) fix the choice, but only when set before torch loads, so every stage calls `pin` from
-stages/_path.py, its first import. With `avx2` both kinds of CPU write byte-identical outputs (bench/README.md
-19.). params.yaml wins over those variables. A CPU without the instruction set keeps its own best kernels (a
+stages/_path.py, its first import. With `avx2` an AVX-512 and an AVX2-only AMD EPYC write byte-identical
+outputs (bench/README.md 19.). MKL's matrix products are capped too (MKL_ENABLE_INSTRUCTIONS): on AMD CPUs MKL
+runs one generic path either way, on Intel CPUs it would pick by instruction set (not tried here). params.yaml
+wins over those variables. A CPU without the instruction set keeps its own best kernels (a
 forced AVX2 kernel would crash it) and the stage says so. This module must not import torch."""
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from typing import MutableMapping
 
 import yaml
 
-# cpu_isa -> (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, the CPU features it needs, as NumPy names them)
-CPU_ISAS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "avx2": ("avx2", "AVX2", ("AVX2", "FMA3")),
-    "avx512": ("avx512", "AVX512_CORE", ("AVX512F", "AVX512BW", "AVX512VL", "AVX512DQ", "FMA3")),
-    "default": ("default", "SSE41", ()),
+# cpu_isa -> ({switch: value}, the CPU features it needs, as NumPy names them)
+CPU_ISAS: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
+    "avx2": ({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+             ("AVX2", "FMA3")),
+    "avx512": ({"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+                "MKL_ENABLE_INSTRUCTIONS": "AVX512"}, ("AVX512F", "AVX512BW", "AVX512VL", "AVX512DQ", "FMA3")),
+    "default": ({"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41",
+                 "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}, ()),
 }
 
 
@@ -39,12 +44,12 @@ def pin(isa: object, environ: MutableMapping[str, str] = os.environ,
     "" or a bad value (the params check names it). Returns what the stage should tell the user, or ""."""
     if isa not in CPU_ISAS:
         return ""
-    aten, onednn, needs = CPU_ISAS[isa]
+    switches, needs = CPU_ISAS[isa]
     have = cpu_features() if features is None else features
     if not all(have.get(f, False) for f in needs):
         return (f"note: cpu_isa {isa}: this CPU lacks {'/'.join(needs)}; PyTorch runs its own best kernels, "
                 "so outputs may differ from a pinned run's")
-    environ["ATEN_CPU_CAPABILITY"], environ["ONEDNN_MAX_CPU_ISA"] = aten, onednn
+    environ.update(switches)
     return ""
 
 
