@@ -39,7 +39,7 @@ def _probe(tmp_path: Path, params: str, **env: str) -> tuple[str, str, str]:
     return aten, isa, done.stderr
 
 
-def test_pin_sets_both_switches_when_the_cpu_has_the_set():
+def test_pin_sets_every_switch_when_the_cpu_has_the_set():
     env: dict[str, str] = {}
     assert cpu_isa.pin("avx2", env, {"AVX2": True, "FMA3": True}) == ""
     assert env == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
