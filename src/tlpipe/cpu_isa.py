@@ -7,8 +7,8 @@ ONEDNN_MAX_CPU_ISA) fix the choice, but only when set before torch loads, so eve
 stages/_path.py, its first import. With `avx2` an AVX-512 and an AVX2-only AMD EPYC write byte-identical
 outputs (bench/README.md 19.). MKL's matrix products are capped too (MKL_ENABLE_INSTRUCTIONS): on AMD CPUs MKL
 runs one generic path either way, on Intel CPUs it would pick by instruction set (not tried here). params.yaml
-wins over those variables. A CPU without the instruction set keeps its own best kernels (a
-forced AVX2 kernel would crash it) and the stage says so. This module must not import torch."""
+wins over those variables. A CPU without the instruction set keeps its own best kernels (a forced AVX2 kernel
+would crash it) and the stage says so. This module must not import torch (params.py imports its CPU_ISAS)."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import yaml
 
+from ..cpu_isa import CPU_ISAS
 from ..errors import PipelineError
 from .phases import KEEP_RULES, PHASES, phase_settings
 
@@ -133,7 +134,7 @@ TUNE_PHASE = {**OWN, "unfreeze_blocks": Field((int,), _non_negative), "prefix_vi
 SCHEMA: dict[str, Any] = {
     "seed": Field((int,), _non_negative),
     "device": Field((str,), _one_of("auto", "cpu", "cuda")),
-    "cpu_isa": Field((str,), _one_of("avx2", "avx512", "default", "")),
+    "cpu_isa": Field((str,), _one_of(*CPU_ISAS, "")),
     "data": {
         "dataset": Field((str,), _one_of("digits", "gtsrb", "cifar10", "filelist", "imagefolder")),
         "url": Field((str,)),
